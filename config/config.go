@@ -1,0 +1,133 @@
+// Package config owns the gateway's YAML schema: defaults, strict decoding,
+// validation that names the offending key, and GATEWAY_* environment overrides.
+// It knows nothing about MQTT or Kafka clients.
+package config
+
+import (
+	"time"
+)
+
+// Config is a validated gateway configuration. Every field has its final type;
+// durations and sizes are parsed, templates are checked.
+type Config struct {
+	ID       string
+	DataDir  string
+	MQTT     MQTT
+	Kafka    Kafka
+	Link     Link
+	Buffer   Buffer
+	Routes   []Route
+	Unrouted string // "reject" or "local"
+	Receipts Receipts
+	ACL      ACL
+	Admin    Admin
+	Log      Log
+}
+
+// MQTT configures the embedded broker's listeners and limits.
+type MQTT struct {
+	Address          string // plain TCP; "" disables
+	TLS              ListenerTLS
+	WebsocketAddress string
+	AllowAnonymous   bool
+	UsersFile        string // lines "username:bcrypt-hash"
+	MaxPacketSize    int64  // bytes; larger publishes are refused
+	MaxInflight      int    // per client: unacknowledged QoS>0 publishes in each direction
+}
+
+// ListenerTLS is the MQTT-over-TLS listener.
+type ListenerTLS struct {
+	Address      string
+	CertFile     string
+	KeyFile      string
+	ClientCAFile string // set: client certificates are required and verified
+}
+
+// Kafka configures the uplink producer and the receipts consumer.
+type Kafka struct {
+	Brokers     []string
+	ClientID    string
+	Version     string // Kafka protocol version to speak, e.g. "2.8.0"
+	Compression string // none | gzip | snappy | lz4 | zstd
+	TLS         KafkaTLS
+	SASL        SASL
+	ExactlyOnce bool
+}
+
+// KafkaTLS is TLS towards the Kafka cluster.
+type KafkaTLS struct {
+	Enabled  bool
+	CAFile   string
+	CertFile string
+	KeyFile  string
+}
+
+// SASL authenticates towards the Kafka cluster.
+type SASL struct {
+	Mechanism string // "" | PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+	Username  string
+	Password  string
+}
+
+// Link describes how the drain may use the uplink.
+type Link struct {
+	MaxBytesPerSecond int64    // 0 = unlimited
+	Windows           []Window // empty = always
+	UrgentPriority    int      // routes at or below this priority drain outside windows too
+}
+
+// Window is a daily local-time interval; End before Start wraps past midnight.
+type Window struct {
+	Start, End time.Duration // offsets from local midnight
+	Text       string
+}
+
+// Buffer is the disk budget for undelivered uplink data.
+type Buffer struct {
+	MaxDiskBytes int64
+}
+
+// Route is one uplink rule.
+type Route struct {
+	Name       string
+	Match      string // MQTT topic filter
+	KafkaTopic string
+	Key        string // template, see rules.ParseTemplate
+	Priority   int
+	MaxAge     time.Duration // 0 = no limit
+	MaxBytes   int64         // 0 = only the global budget applies
+	OnFull     string        // reject | drop_oldest
+}
+
+// Receipts configures the downlink.
+type Receipts struct {
+	KafkaTopic   string // may contain {gateway_id}
+	DeviceFrom   string // "key" or "header:NAME"
+	MQTTTopic    string // must contain {device}
+	QoS          byte
+	MaxAge       time.Duration
+	ConfirmTopic string // "" disables confirmations
+}
+
+// ACL lists topic filters a client may publish and subscribe to; {client_id}
+// and {username} expand per client.
+type ACL struct {
+	Publish   []string
+	Subscribe []string
+}
+
+// Admin is the HTTP admin endpoint.
+type Admin struct {
+	Address string // "" disables
+}
+
+// Log configures the process logger.
+type Log struct {
+	Level  string // debug | info | warn | error
+	Format string // text | json
+}
+
+// ReceiptsTopic is the receipts Kafka topic with {gateway_id} filled in.
+func (c *Config) ReceiptsTopic() string {
+	return expandGatewayID(c.Receipts.KafkaTopic, c.ID)
+}

@@ -1,0 +1,277 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/spf13/viper"
+)
+
+// EnvPrefix starts every environment override: GATEWAY_ + upper-case key path
+// with "_" for ".", e.g. GATEWAY_KAFKA_BROKERS=a:9092,b:9092.
+const EnvPrefix = "GATEWAY"
+
+// Problems is the list of everything wrong with a config file, one entry per
+// key, each of the form "routes[1].max_age: must be a duration like 72h".
+type Problems []string
+
+func (p Problems) Error() string { return strings.Join(p, "\n") }
+
+// defaults lists every scalar (and list-of-scalar) key with its default. It is
+// also the list of keys the environment can override.
+var defaults = map[string]any{
+	"id":                         "",
+	"data_dir":                   "./data",
+	"mqtt.address":               ":1883",
+	"mqtt.tls.address":           "",
+	"mqtt.tls.cert_file":         "",
+	"mqtt.tls.key_file":          "",
+	"mqtt.tls.client_ca_file":    "",
+	"mqtt.websocket_address":     "",
+	"mqtt.allow_anonymous":       "true",
+	"mqtt.users_file":            "",
+	"mqtt.max_packet_size":       "262144",
+	"mqtt.max_inflight":          "64",
+	"kafka.brokers":              []string{},
+	"kafka.client_id":            "edge-gateway",
+	"kafka.version":              "2.8.0",
+	"kafka.compression":          "zstd",
+	"kafka.tls.enabled":          "false",
+	"kafka.tls.ca_file":          "",
+	"kafka.tls.cert_file":        "",
+	"kafka.tls.key_file":         "",
+	"kafka.sasl.mechanism":       "",
+	"kafka.sasl.username":        "",
+	"kafka.sasl.password":        "",
+	"kafka.exactly_once":         "false",
+	"link.max_bytes_per_second":  "0",
+	"link.windows":               []string{},
+	"link.urgent_priority":       "0",
+	"buffer.max_disk_bytes":      "1GiB",
+	"unrouted":                   "reject",
+	"receipts.kafka_topic":       "receipts.{gateway_id}",
+	"receipts.device_from":       "key",
+	"receipts.mqtt_topic":        "terminals/{device}/receipts",
+	"receipts.qos":               "1",
+	"receipts.max_age":           "168h",
+	"receipts.confirm_topic":     "receipts.delivered",
+	"acl.publish":                []string{"terminals/{client_id}/#"},
+	"acl.subscribe":              []string{"terminals/{client_id}/#"},
+	"admin.address":              "127.0.0.1:9100",
+	"log.level":                  "info",
+	"log.format":                 "text",
+}
+
+// raw mirrors the YAML with every scalar as a string, so that all parsing (and
+// every error message) is ours and names the key.
+type raw struct {
+	ID      string `mapstructure:"id"`
+	DataDir string `mapstructure:"data_dir"`
+	MQTT    struct {
+		Address string `mapstructure:"address"`
+		TLS     struct {
+			Address      string `mapstructure:"address"`
+			CertFile     string `mapstructure:"cert_file"`
+			KeyFile      string `mapstructure:"key_file"`
+			ClientCAFile string `mapstructure:"client_ca_file"`
+		} `mapstructure:"tls"`
+		WebsocketAddress string `mapstructure:"websocket_address"`
+		AllowAnonymous   string `mapstructure:"allow_anonymous"`
+		UsersFile        string `mapstructure:"users_file"`
+		MaxPacketSize    string `mapstructure:"max_packet_size"`
+		MaxInflight      string `mapstructure:"max_inflight"`
+	} `mapstructure:"mqtt"`
+	Kafka struct {
+		Brokers     []string `mapstructure:"brokers"`
+		ClientID    string   `mapstructure:"client_id"`
+		Version     string   `mapstructure:"version"`
+		Compression string   `mapstructure:"compression"`
+		TLS         struct {
+			Enabled  string `mapstructure:"enabled"`
+			CAFile   string `mapstructure:"ca_file"`
+			CertFile string `mapstructure:"cert_file"`
+			KeyFile  string `mapstructure:"key_file"`
+		} `mapstructure:"tls"`
+		SASL struct {
+			Mechanism string `mapstructure:"mechanism"`
+			Username  string `mapstructure:"username"`
+			Password  string `mapstructure:"password"`
+		} `mapstructure:"sasl"`
+		ExactlyOnce string `mapstructure:"exactly_once"`
+	} `mapstructure:"kafka"`
+	Link struct {
+		MaxBytesPerSecond string   `mapstructure:"max_bytes_per_second"`
+		Windows           []string `mapstructure:"windows"`
+		UrgentPriority    string   `mapstructure:"urgent_priority"`
+	} `mapstructure:"link"`
+	Buffer struct {
+		MaxDiskBytes string `mapstructure:"max_disk_bytes"`
+	} `mapstructure:"buffer"`
+	Routes   []rawRoute `mapstructure:"routes"`
+	Unrouted string     `mapstructure:"unrouted"`
+	Receipts struct {
+		KafkaTopic   string `mapstructure:"kafka_topic"`
+		DeviceFrom   string `mapstructure:"device_from"`
+		MQTTTopic    string `mapstructure:"mqtt_topic"`
+		QoS          string `mapstructure:"qos"`
+		MaxAge       string `mapstructure:"max_age"`
+		ConfirmTopic string `mapstructure:"confirm_topic"`
+	} `mapstructure:"receipts"`
+	ACL struct {
+		Publish   []string `mapstructure:"publish"`
+		Subscribe []string `mapstructure:"subscribe"`
+	} `mapstructure:"acl"`
+	Admin struct {
+		Address string `mapstructure:"address"`
+	} `mapstructure:"admin"`
+	Log struct {
+		Level  string `mapstructure:"level"`
+		Format string `mapstructure:"format"`
+	} `mapstructure:"log"`
+}
+
+type rawRoute struct {
+	Name       string `mapstructure:"name"`
+	Match      string `mapstructure:"match"`
+	KafkaTopic string `mapstructure:"kafka_topic"`
+	Key        string `mapstructure:"key"`
+	Priority   string `mapstructure:"priority"`
+	MaxAge     string `mapstructure:"max_age"`
+	MaxBytes   string `mapstructure:"max_bytes"`
+	OnFull     string `mapstructure:"on_full"`
+}
+
+// Load reads, decodes strictly, applies environment overrides and validates
+// the file at path. A config that is not valid returns Problems.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(data, os.Environ())
+}
+
+// Parse is Load on bytes with an explicit environment (KEY=VALUE entries), so
+// tests need not touch the process environment.
+func Parse(data []byte, environ []string) (*Config, error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	keys := make([]string, 0, len(defaults))
+	for k := range defaults {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v.SetDefault(k, defaults[k])
+	}
+	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
+		return nil, Problems{"yaml: " + firstLine(err.Error())}
+	}
+	// Overrides come from the given environment, not viper's AutomaticEnv, so
+	// the result does not depend on hidden process state in tests.
+	env := map[string]string{}
+	for _, kv := range environ {
+		if i := strings.IndexByte(kv, '='); i > 0 {
+			env[kv[:i]] = kv[i+1:]
+		}
+	}
+	for _, k := range keys {
+		name := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
+		if val, ok := env[name]; ok {
+			if _, isList := defaults[k].([]string); isList {
+				v.Set(k, splitList(val))
+			} else {
+				v.Set(k, val)
+			}
+		}
+	}
+
+	// Unknown keys and bad values are reported together, one line each.
+	var problems Problems
+	if err := v.UnmarshalExact(&raw{}); err != nil {
+		problems = decodeProblems(err).(Problems)
+	}
+	var r raw
+	if err := v.Unmarshal(&r); err != nil {
+		return nil, append(problems, decodeProblems(err).(Problems)...)
+	}
+	cfg, err := r.validate()
+	if err != nil {
+		problems = append(problems, err.(Problems)...)
+	}
+	if len(problems) > 0 {
+		return nil, dedupe(problems)
+	}
+	return cfg, nil
+}
+
+func dedupe(p Problems) Problems {
+	seen := map[string]bool{}
+	var out Problems
+	for _, s := range p {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func splitList(s string) []string {
+	if strings.TrimSpace(s) == "" {
+		return []string{}
+	}
+	parts := strings.Split(s, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts
+}
+
+var (
+	invalidKeysRe = regexp.MustCompile(`'([^']*)' has invalid keys: (.*)`)
+	fieldErrRe    = regexp.MustCompile(`'([^']*)'\s*(.*)`)
+)
+
+// decodeProblems turns mapstructure's messages into "key: problem" lines.
+func decodeProblems(err error) error {
+	var out Problems
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line == "" || strings.HasPrefix(line, "decoding failed") || strings.HasSuffix(line, "error(s):") {
+			continue
+		}
+		if m := invalidKeysRe.FindStringSubmatch(line); m != nil {
+			for _, k := range strings.Split(m[2], ",") {
+				k = strings.TrimSpace(k)
+				if m[1] != "" {
+					k = m[1] + "." + k
+				}
+				out = append(out, k+": unknown key")
+			}
+			continue
+		}
+		if m := fieldErrRe.FindStringSubmatch(line); m != nil {
+			out = append(out, m[1]+": "+strings.TrimSpace(m[2]))
+			continue
+		}
+		out = append(out, line)
+	}
+	if len(out) == 0 {
+		return Problems{errors.Unwrap(err).Error()}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
