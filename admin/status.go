@@ -135,11 +135,13 @@ func buildStatus(src *Sources, now time.Time) *Status {
 		State:                link.State,
 		Up:                   link.State == LinkUp,
 		LastAck:              timePtr(link.LastAck),
-		DownSince:            timePtr(link.DownSince),
 		LastError:            link.LastError,
 		RateRecordsPerSecond: link.RecentRate,
 	}
+	// A DownSince left over after the link came back is not reported: up
+	// means not down, whatever the bridge forgot to clear.
 	if !st.Link.Up && !link.DownSince.IsZero() {
+		st.Link.DownSince = timePtr(link.DownSince)
 		st.Link.DownForSeconds = nonNegative(now.Sub(link.DownSince).Seconds())
 	}
 
