@@ -111,14 +111,21 @@ func run(args []string) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	<-sigs
-	fmt.Fprintln(os.Stderr, "devkafka: shutting down (signal again to force)")
+	fmt.Fprintln(os.Stderr, "devkafka: shutting down (Ctrl-C again to force)")
 	done := make(chan struct{})
 	go func() { c.Close(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-sigs:
-		return errors.New("forced shutdown; data written since the last save may be lost")
+	for {
+		select {
+		case <-done:
+			return nil
+		case sig := <-sigs:
+			// Only a second Ctrl-C forces: a wrapper script that sends
+			// SIGTERM after the terminal's SIGINT reached us too must not
+			// cut the final save short.
+			if sig == os.Interrupt {
+				return errors.New("forced shutdown; data written since the last save may be lost")
+			}
+		}
 	}
 }
 

@@ -1,0 +1,72 @@
+# Developer entry points. Only Go (from PATH) is required; `deps` adds the
+# Debian MQTT clients the tests use when it can.
+
+GO      ?= go
+BIN     := bin
+DIST    := dist
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# main.version and main.commit are read by `gateway version`.
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# The package `make cross` builds; `make cross CROSS_PKG=./cmd/loadgen` checks
+# the toolchain with another program.
+CROSS_PKG ?= ./cmd/gateway
+CROSS_NAME ?= $(notdir $(CROSS_PKG))
+
+.PHONY: all build run test deps bench cross fmt vet clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/gateway ./cmd/gateway
+	$(GO) build -o $(BIN)/devkafka ./cmd/devkafka
+	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
+	$(GO) build -o $(BIN)/benchbroker ./cmd/benchbroker
+	$(GO) build -o $(BIN)/kafkatail ./cmd/kafkatail
+
+# Local Kafka-protocol cluster (kfake, data in ./.devkafka) on 127.0.0.1:9092
+# plus the gateway with config.example.yaml; Ctrl-C stops both.
+run: build
+	@scripts/run-dev.sh
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -timeout 15m ./...
+
+# mosquitto_pub/mosquitto_sub serve as outside MQTT clients in tests. Installs
+# them when missing and running as root with apt-get; otherwise only warns
+# (the tests that need them skip).
+deps:
+	@if command -v mosquitto_pub >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "deps: installing mosquitto-clients with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		timeout 300 apt-get install -y -q mosquitto-clients >/dev/null 2>&1 || \
+		{ timeout 300 apt-get update -q >/dev/null 2>&1 && timeout 300 apt-get install -y -q mosquitto-clients >/dev/null 2>&1; } || \
+		echo "deps: WARNING: apt-get could not install mosquitto-clients; tests that need mosquitto_pub/mosquitto_sub will skip"; \
+	else \
+		echo "deps: WARNING: mosquitto_pub/mosquitto_sub missing (apt-get install mosquitto-clients); tests that need them will skip"; \
+	fi
+
+# Figures of the issue: gateway vs mochi without hook vs mosquitto (bench/run.sh).
+bench:
+	GO=$(GO) bench/run.sh
+
+# Static ARM binaries for the edge boxes (see deploy/arm/README.md).
+cross:
+	@mkdir -p $(DIST)
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(DIST)/$(CROSS_NAME)-linux-arm64 $(CROSS_PKG)
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(DIST)/$(CROSS_NAME)-linux-armv7 $(CROSS_PKG)
+	@ls -l $(DIST)/$(CROSS_NAME)-linux-arm64 $(DIST)/$(CROSS_NAME)-linux-armv7
+
+fmt:
+	gofmt -l -w .
+
+vet:
+	$(GO) vet ./...
+
+# Keeps ./.devkafka (the local cluster's data); remove it by hand to start over.
+clean:
+	rm -rf $(BIN) $(DIST)

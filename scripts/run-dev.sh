@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# scripts/run-dev.sh: what `make run` does. Starts devkafka (kfake with its
+# data in ./.devkafka, so records survive restarts) on 127.0.0.1:9092 in the
+# background, waits until it answers, then runs the gateway in the foreground
+# with config.example.yaml. Ctrl-C stops both.
+#
+#   CONFIG=config.example.yaml  KAFKA_PORT=9092  DEVKAFKA_DATA=./.devkafka
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONFIG=${CONFIG:-config.example.yaml}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+DATA=${DEVKAFKA_DATA:-./.devkafka}
+KAFKA_PID=
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+cleanup() {
+	if [ -n "$KAFKA_PID" ] && kill -0 "$KAFKA_PID" 2>/dev/null; then
+		echo "stopping devkafka (pid $KAFKA_PID)" >&2
+		kill -TERM "$KAFKA_PID" 2>/dev/null || true
+		for _ in $(seq 300); do kill -0 "$KAFKA_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$KAFKA_PID" 2>/dev/null || true
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ -f "$CONFIG" ] || { echo "run: $CONFIG not found" >&2; exit 2; }
+
+if port_open "$KAFKA_PORT"; then
+	echo "something already listens on 127.0.0.1:$KAFKA_PORT; using it as the Kafka cluster" >&2
+else
+	bin/devkafka -addr "127.0.0.1:$KAFKA_PORT" -data-dir "$DATA" &
+	KAFKA_PID=$!
+	deadline=$((SECONDS + 30))
+	until port_open "$KAFKA_PORT"; do
+		kill -0 "$KAFKA_PID" 2>/dev/null || { echo "run: devkafka exited" >&2; KAFKA_PID=; exit 1; }
+		[ "$SECONDS" -lt "$deadline" ] || { echo "run: devkafka not answering on $KAFKA_PORT after 30 s" >&2; exit 1; }
+		sleep 0.1
+	done
+fi
+
+if command -v kcat >/dev/null 2>&1; then
+	READ="kcat -b 127.0.0.1:$KAFKA_PORT -C -t payments -f '%k %h %s\\n' -e"
+elif command -v kafkacat >/dev/null 2>&1; then
+	READ="kafkacat -b 127.0.0.1:$KAFKA_PORT -C -t payments -f '%k %h %s\\n' -e"
+else
+	READ="bin/kafkatail -b 127.0.0.1:$KAFKA_PORT -t payments      (kcat not installed: apt-get install kafkacat)"
+fi
+cat <<EOM
+
+Kafka (devkafka) on 127.0.0.1:$KAFKA_PORT, data in $DATA. Starting the gateway with $CONFIG.
+
+Publish as a terminal (another shell):
+  mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -i term-1 -t terminals/term-1/payments/p1 -m '{"amount":1200}'
+Read what landed in Kafka:
+  $READ
+  bin/kafkatail -b 127.0.0.1:$KAFKA_PORT -t payments      (Go fallback, always available)
+Gateway state:
+  bin/gateway status
+
+Ctrl-C stops the gateway and devkafka.
+
+EOM
+
+# Not exec: the EXIT trap must still stop devkafka when the gateway ends.
+bin/gateway run --config "$CONFIG"
