@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CROSS_PKG ?= ./cmd/gateway
 CROSS_NAME ?= $(notdir $(CROSS_PKG))
 
-.PHONY: all build run test deps bench cross fmt vet clean
+.PHONY: all build run test test-arm deps bench cross fmt vet clean
 
 all: build
 
@@ -60,6 +60,14 @@ cross:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(DIST)/$(CROSS_NAME)-linux-arm64 $(CROSS_PKG)
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(DIST)/$(CROSS_NAME)-linux-armv7 $(CROSS_PKG)
 	@ls -l $(DIST)/$(CROSS_NAME)-linux-arm64 $(DIST)/$(CROSS_NAME)-linux-armv7
+
+# The test suite compiled for arm64 and armv7, run under qemu user emulation
+# (apt-get install qemu-user-static). No -race: it needs cgo on ARM.
+test-arm:
+	@command -v qemu-aarch64-static >/dev/null 2>&1 && command -v qemu-arm-static >/dev/null 2>&1 || \
+		{ echo "test-arm: needs qemu-user-static (apt-get install -y qemu-user-static)"; exit 1; }
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) test -exec qemu-aarch64-static -timeout 30m ./...
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm-static -timeout 30m ./...
 
 fmt:
 	gofmt -l -w .
