@@ -25,6 +25,9 @@ import (
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
 		fmt.Fprintln(os.Stderr, "devkafka:", err)
 		os.Exit(1)
 	}
@@ -53,54 +56,30 @@ func run(args []string) error {
 	if *port != 0 {
 		p = strconv.Itoa(*port)
 	}
-	portNum, err := strconv.Atoi(p)
-	if err != nil || portNum <= 0 || portNum > 65535 {
+	portNum, err := strconv.Atoi(p) // 0: any free port
+	if err != nil || portNum < 0 || portNum > 65535 {
 		return fmt.Errorf("-addr/-port: %q is not a port", p)
 	}
 	if *partitions < 1 {
 		return fmt.Errorf("-partitions must be at least 1")
 	}
-	listenAddr := net.JoinHostPort(host, p)
-	seed := splitList(*topics)
-
 	lvl, err := parseLevel(*logLevel)
 	if err != nil {
 		return err
 	}
-	opts := []kfake.Opt{
-		kfake.NumBrokers(1),
-		kfake.Ports(portNum),
-		// kfake always listens on 127.0.0.1; honour the host of -addr.
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, listenAddr)
-		}),
-		kfake.ClusterID("devkafka"),
-		kfake.AllowAutoTopicCreation(),
-		kfake.DefaultNumPartitions(*partitions),
-		kfake.SeedTopics(int32(*partitions), seed...),
-		kfake.WithLogger(kfake.BasicLogger(os.Stderr, lvl)),
-	}
-	if *dataDir != "" {
-		if err := os.MkdirAll(*dataDir, 0o755); err != nil {
-			return fmt.Errorf("data dir: %w", err)
-		}
-		opts = append(opts, kfake.DataDir(*dataDir))
-	}
-	if *syncWrites {
-		opts = append(opts, kfake.SyncWrites())
-	}
-
-	c, err := kfake.NewCluster(opts...)
+	seed := splitList(*topics)
+	c, err := start(options{
+		addr:       net.JoinHostPort(host, p),
+		dataDir:    *dataDir,
+		partitions: *partitions,
+		topics:     seed,
+		syncWrites: *syncWrites,
+		logLevel:   lvl,
+	})
 	if err != nil {
-		return fmt.Errorf("start cluster on %s: %w", listenAddr, err)
-	}
-	defer c.Close()
-
-	// Seeded topics are only created on a fresh data dir; topics added to
-	// -topics later must still appear, so create whatever is missing.
-	if err := ensureTopics(c.ListenAddrs(), seed, int32(*partitions)); err != nil {
 		return err
 	}
+	defer c.Close()
 
 	where := *dataDir
 	if where == "" {
@@ -127,6 +106,61 @@ func run(args []string) error {
 			}
 		}
 	}
+}
+
+// options configure one devkafka cluster.
+type options struct {
+	addr       string // host:port; port 0 picks a free one
+	dataDir    string // "" keeps everything in memory
+	partitions int    // of seeded and auto-created topics
+	topics     []string
+	syncWrites bool
+	logLevel   kfake.LogLevel
+}
+
+// start runs a single-broker kfake cluster and makes sure o.topics exist.
+func start(o options) (*kfake.Cluster, error) {
+	_, p, err := net.SplitHostPort(o.addr)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", o.addr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: bad port", o.addr)
+	}
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.Ports(port),
+		// kfake always listens on 127.0.0.1; honour the host of the address.
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, o.addr)
+		}),
+		kfake.ClusterID("devkafka"),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(o.partitions),
+		kfake.SeedTopics(int32(o.partitions), o.topics...),
+		kfake.WithLogger(kfake.BasicLogger(os.Stderr, o.logLevel)),
+	}
+	if o.dataDir != "" {
+		if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+			return nil, fmt.Errorf("data dir: %w", err)
+		}
+		opts = append(opts, kfake.DataDir(o.dataDir))
+	}
+	if o.syncWrites {
+		opts = append(opts, kfake.SyncWrites())
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("start cluster on %s: %w", o.addr, err)
+	}
+	// Seeded topics are only created on a fresh data dir; topics added to
+	// -topics later must still appear, so create whatever is missing.
+	if err := ensureTopics(c.ListenAddrs(), o.topics, int32(o.partitions)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // ensureTopics creates the topics that do not exist yet. An "already exists"
