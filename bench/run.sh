@@ -239,15 +239,23 @@ if [ "$HAVE_MOSQ" = 1 ]; then TARGETS+=(mosquitto); PORT[mosquitto]=$MQ_PORT; fi
 
 # ---------------------------------------------------------------- (a) (b) (c)
 log "runs: $RUNS x $DUR per case, interleaved (a: 100 clients x 1 in flight; b: 1 client x 32; c: 1000 msg/s over 100 clients)"
+# rotate N ITEMS...: the items rotated left by N, so that no target always
+# runs first (or right after the same other one) in a round.
+rotate() {
+	local n=$1
+	shift
+	local a=("$@") i
+	for ((i = 0; i < ${#a[@]}; i++)); do echo "${a[(i + n) % ${#a[@]}]}"; done
+}
 for ((run = 1; run <= RUNS; run++)); do
-	for t in "${TARGETS[@]}"; do
+	for t in $(rotate "$run" "${TARGETS[@]}"); do
 		record a "$t" "$run" "$(loadgen "${PORT[$t]}" -clients 100 -inflight 1 -size 200 -qos 1 -duration "$DUR" -client-prefix "a$run-")"
 	done
-	for t in benchbroker gateway; do
+	for t in $(rotate "$run" benchbroker gateway); do
 		[ -n "${PORT[$t]:-}" ] || continue
 		record b "$t" "$run" "$(loadgen "${PORT[$t]}" -clients 1 -inflight 32 -size 200 -qos 1 -duration "$DUR" -client-prefix "b$run-")"
 	done
-	for t in gateway benchbroker; do
+	for t in $(rotate "$run" gateway benchbroker); do
 		[ -n "${PORT[$t]:-}" ] || continue
 		record c "$t" "$run" "$(loadgen "${PORT[$t]}" -clients 100 -rate 1000 -inflight 1 -size 200 -qos 1 -duration "$DUR" -client-prefix "c$run-")"
 	done
