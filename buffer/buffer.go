@@ -47,9 +47,10 @@ type Options struct {
 	// Logger for state changes; nil discards.
 	Logger *slog.Logger
 	// BeforeCommit, if set, is called by the writer with the batch's sequence
-	// numbers just before the transaction commits. Tests use it to hold a
-	// commit and check that nothing is acknowledged before it.
-	BeforeCommit func(seqs []uint64)
+	// numbers just before the transaction commits; an error aborts the
+	// transaction. Tests use it to hold or fail a commit and check that
+	// nothing is acknowledged before (or without) it.
+	BeforeCommit func(seqs []uint64) error
 	// AfterCommit, if set, is called after a successful commit, before any
 	// Done callback of that batch runs.
 	AfterCommit func(seqs []uint64)
@@ -219,6 +220,9 @@ func (b *Buffer) AppendWait(rec Record) (Result, error) {
 	return r, r.Err
 }
 
+// Queued is how many appends wait for the writer.
+func (b *Buffer) Queued() int { return len(b.queue) }
+
 // Notify returns a channel that receives a value after commits that added data.
 func (b *Buffer) Notify() <-chan struct{} { return b.notify }
 
@@ -332,7 +336,7 @@ func (b *Buffer) commit(batch []*Append) {
 			return err
 		}
 		if b.opts.BeforeCommit != nil {
-			b.opts.BeforeCommit(seqs)
+			return b.opts.BeforeCommit(seqs)
 		}
 		return nil
 	})

@@ -1,0 +1,270 @@
+// Package broker runs the embedded MQTT broker (mochi): listeners, auth, ACL,
+// persistent sessions, and the ingest hook that stores every routed publish in
+// the uplink buffer before acknowledging it. It never talks to Kafka.
+package broker
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/prometheus/client_golang/prometheus"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/rules"
+)
+
+// Options configure New.
+type Options struct {
+	Config *config.Config // MQTT, ACL and data_dir are used; required
+	Rules  *rules.Set     // initial routes; required
+	Buffer *buffer.Buffer // the uplink buffer; required
+	Logger *slog.Logger   // nil discards
+	// Registerer receives the broker's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+	// NoSessionStore disables persistent broker sessions (benchmarks that
+	// measure their cost).
+	NoSessionStore bool
+}
+
+// Broker is the embedded MQTT broker.
+type Broker struct {
+	opts    Options
+	log     *slog.Logger
+	server  *mqtt.Server
+	buf     *buffer.Buffer
+	ingest  *ingestHook
+	auth    *authHook
+	ruleSet atomic.Pointer[rules.Set]
+
+	tcp []*tcpListener // for Addr()
+
+	ackers    sync.WaitGroup
+	listening atomic.Bool
+	closeOnce sync.Once
+
+	stored   *prometheus.CounterVec
+	refused  *prometheus.CounterVec
+	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
+	logs     logOnce
+}
+
+// New builds the broker and its listeners; it does not accept connections
+// until Start.
+func New(opts Options) (*Broker, error) {
+	if opts.Config == nil || opts.Rules == nil || opts.Buffer == nil {
+		return nil, errors.New("broker: Config, Rules and Buffer are required")
+	}
+	lg := opts.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	cfg := opts.Config
+	b := &Broker{opts: opts, log: lg, buf: opts.Buffer}
+	b.ruleSet.Store(opts.Rules)
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(cfg.MQTT.MaxPacketSize)
+	caps.ReceiveMaximum = uint16(cfg.MQTT.MaxInflight)
+	caps.MaximumInflight = uint16(max(cfg.MQTT.MaxInflight, 1024))
+	b.server = mqtt.New(&mqtt.Options{
+		InlineClient: true, // receipts are published in-process
+		Capabilities: caps,
+		Logger:       lg.With("component", "mqtt"),
+	})
+
+	users := map[string][]byte{}
+	if cfg.MQTT.UsersFile != "" {
+		var err error
+		if users, err = LoadUsers(cfg.MQTT.UsersFile); err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+	}
+	b.auth = &authHook{allowAnonymous: cfg.MQTT.AllowAnonymous, users: users}
+	acl := cfg.ACL
+	b.auth.acl.Store(&acl)
+	b.ingest = &ingestHook{b: b}
+
+	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gateway_ingest_messages_total",
+		Help: "Publishes stored in the uplink buffer, by route and result (stored, duplicate, failed).",
+	}, []string{"route", "result"})
+	b.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gateway_ingest_refused_total",
+		Help: "Publishes refused (never acknowledged as success), by route and reason.",
+	}, []string{"route", "reason"})
+	if opts.Registerer != nil {
+		for _, c := range []prometheus.Collector{b.stored, b.refused} {
+			if err := opts.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("broker: metrics: %w", err)
+			}
+		}
+	}
+
+	if err := b.server.AddHook(b.auth, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if err := b.server.AddHook(b.ingest, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if !opts.NoSessionStore {
+		store := &sessionStore{Hook: new(bolt.Hook), ingest: b.ingest}
+		err := b.server.AddHook(store, &bolt.Options{
+			Path:    filepath.Join(cfg.DataDir, "sessions.db"),
+			Options: &bbolt.Options{Timeout: 2e9, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("broker: session store: %w", err)
+		}
+	}
+
+	if err := b.addListeners(cfg); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Broker) addListeners(cfg *config.Config) error {
+	maxPacket := uint32(cfg.MQTT.MaxPacketSize)
+	if cfg.MQTT.Address != "" {
+		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket)
+		b.tcp = append(b.tcp, l)
+		if err := b.server.AddListener(l); err != nil {
+			return fmt.Errorf("broker: mqtt.address %s: %w", cfg.MQTT.Address, err)
+		}
+	}
+	if t := cfg.MQTT.TLS; t.Address != "" {
+		tc, err := serverTLS(t)
+		if err != nil {
+			return err
+		}
+		l := newTCPListener("tls", t.Address, tc, maxPacket)
+		b.tcp = append(b.tcp, l)
+		if err := b.server.AddListener(l); err != nil {
+			return fmt.Errorf("broker: mqtt.tls.address %s: %w", t.Address, err)
+		}
+	}
+	if cfg.MQTT.WebsocketAddress != "" {
+		ws := listeners.NewWebsocket(listeners.Config{ID: "ws", Address: cfg.MQTT.WebsocketAddress})
+		if err := b.server.AddListener(ws); err != nil {
+			return fmt.Errorf("broker: mqtt.websocket_address %s: %w", cfg.MQTT.WebsocketAddress, err)
+		}
+	}
+	return nil
+}
+
+func serverTLS(t config.ListenerTLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("broker: mqtt.tls.cert_file/key_file: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker: mqtt.tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("broker: mqtt.tls.client_ca_file: no certificates in %s", t.ClientCAFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// Start begins serving. Listener errors (address in use) are returned.
+func (b *Broker) Start() error {
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	b.listening.Store(true)
+	return nil
+}
+
+// Listening reports whether the MQTT listeners are serving.
+func (b *Broker) Listening() bool { return b.listening.Load() }
+
+// Addr returns the bound address of a TCP listener ("tcp" or "tls"); useful
+// with ":0" in tests.
+func (b *Broker) Addr(id string) string {
+	for _, l := range b.tcp {
+		if l.id == id {
+			return l.Address()
+		}
+	}
+	return ""
+}
+
+// Server is the mochi server, for in-process publishing (receipts).
+func (b *Broker) Server() *mqtt.Server { return b.server }
+
+// SetRules swaps the routes used for new publishes (config reload).
+func (b *Broker) SetRules(s *rules.Set) { b.ruleSet.Store(s) }
+
+// SetACL swaps the ACL (config reload).
+func (b *Broker) SetACL(acl config.ACL) { b.auth.acl.Store(&acl) }
+
+func (b *Broker) rules() *rules.Set { return b.ruleSet.Load() }
+
+// Refused returns, per route, how many publishes were refused ("" for
+// unrouted ones).
+func (b *Broker) Refused() map[string]uint64 {
+	out := map[string]uint64{}
+	b.refusals.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return out
+}
+
+func (b *Broker) countRefused(route, reason string) {
+	b.refused.WithLabelValues(route, reason).Inc()
+	v, _ := b.refusals.LoadOrStore(route, new(atomic.Uint64))
+	v.(*atomic.Uint64).Add(1)
+	b.logs.warn(b.log, route+"/"+reason, "publish refused (logged once per route and reason; see gateway_ingest_refused_total)", "route", route, "reason", reason)
+}
+
+func (b *Broker) countStored(route string, r buffer.Result) {
+	switch {
+	case r.Err != nil:
+		b.stored.WithLabelValues(route, "failed").Inc()
+	case r.Duplicate:
+		b.stored.WithLabelValues(route, "duplicate").Inc()
+	default:
+		b.stored.WithLabelValues(route, "stored").Inc()
+	}
+}
+
+// Close stops the listeners, disconnects clients and waits for the ackers to
+// finish. The buffer is closed by its owner afterwards. Safe to call twice.
+func (b *Broker) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		b.listening.Store(false)
+		err = b.server.Close()
+		// mochi ends every client (and so every acker) on Close; the bound
+		// only guards against a client goroutine that never returns.
+		waited := make(chan struct{})
+		go func() { b.ackers.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(10 * time.Second):
+			b.log.Warn("broker: some client ackers did not finish within 10s")
+		}
+	})
+	return err
+}

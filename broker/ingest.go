@@ -1,0 +1,280 @@
+package broker
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/rules"
+)
+
+// The ingest path (DESIGN invariant 1, PUBACK after fsync):
+//
+// mochi reads a client's packets one at a time and would PUBACK as soon as
+// OnPublish returns. Blocking there until the fsync would hold a client with
+// many publishes in flight to one message per commit. So OnPublish hands the
+// message to the buffer's group-commit writer and returns ErrRejectPacket
+// (mochi then sends nothing). A per-client acker goroutine takes the client's
+// publishes in arrival order, waits for each one's commit, and re-injects the
+// publish into mochi marked as stored: mochi then PUBACKs it and delivers it to
+// local subscribers. A publish that could not be stored is refused instead:
+// an MQTT 5 client gets the reason code, a 3.1.1 client is disconnected (for
+// 3.1.1 mochi would PUBACK any error but ErrRejectPacket).
+
+// injectMark tags a re-injected publish. mochi never sets Mods.MaxSize on an
+// inbound packet, and OnPublish clears it before mochi encodes anything.
+const injectMark = 0x9e7a11ed
+
+// ingestHook is the mochi hook on the publish path.
+type ingestHook struct {
+	mqtt.HookBase
+	b *Broker
+
+	clients sync.Map // *mqtt.Client -> *clientState
+}
+
+// clientState orders one connection's QoS>0 publishes between arrival and
+// acknowledgement.
+type clientState struct {
+	slots     chan struct{}  // one per publish awaiting its ack; bounds memory per client
+	queue     chan *inflight // arrival order
+	injecting atomic.Bool    // the acker is inside mochi's InjectPacket for this client
+}
+
+type inflight struct {
+	pk     packets.Packet
+	route  string
+	result chan buffer.Result // filled once by the buffer (or at once for local/refused)
+	code   packets.Code       // set: refuse with this code, nothing was stored
+}
+
+func (h *ingestHook) ID() string { return "gateway-ingest" }
+
+func (h *ingestHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketRead:
+		return true
+	}
+	return false
+}
+
+// OnPacketRead refuses a PUBLISH whose topic name is not valid (wildcards, or
+// empty without an alias). mochi would drop it silently, leaving a QoS 1
+// client waiting for a PUBACK that never comes.
+func (h *ingestHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return pk, nil
+	}
+	if pk.TopicName == "" && pk.Properties.TopicAlias > 0 {
+		return pk, nil
+	}
+	if pk.TopicName == "" || !mqtt.IsValidFilter(pk.TopicName, true) {
+		h.b.countRefused("", "topic_invalid")
+		if cl.Properties.ProtocolVersion == 5 {
+			_ = h.b.server.DisconnectClient(cl, packets.ErrTopicNameInvalid)
+		}
+		return pk, packets.ErrTopicNameInvalid
+	}
+	return pk, nil
+}
+
+func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // in-process publishes (receipts) are not uplink traffic
+	}
+	if pk.Mods.MaxSize == injectMark {
+		pk.Mods.MaxSize = 0
+		return pk, nil // stored and committed: let mochi PUBACK and deliver
+	}
+
+	b := h.b
+	route := b.rules().Match(pk.TopicName)
+	unrouted := route == nil
+	local := unrouted && b.rules().Unrouted == "local"
+
+	if pk.FixedHeader.Qos == 0 {
+		switch {
+		case local:
+			return pk, nil
+		case unrouted:
+			b.countRefused("", "unrouted")
+			return pk, packets.ErrRejectPacket
+		}
+		// Best effort: buffered without waiting, delivered locally at once.
+		rec := b.record(cl, pk, route)
+		err := b.buf.Append(&buffer.Append{Record: rec, Done: func(r buffer.Result) {
+			b.countStored(route.Name, r)
+		}})
+		if err != nil {
+			b.countRefused(route.Name, "write_failed")
+		}
+		return pk, nil
+	}
+
+	st := h.state(cl)
+	st.slots <- struct{}{} // waits while this client has max_inflight unacknowledged
+	f := &inflight{pk: pk, result: make(chan buffer.Result, 1)}
+	switch {
+	case local:
+		f.result <- buffer.Result{}
+	case unrouted:
+		b.countRefused("", "unrouted")
+		f.code = packets.ErrTopicNameInvalid
+		f.result <- buffer.Result{}
+	default:
+		f.route = route.Name
+		rec := b.record(cl, pk, route)
+		err := b.buf.Append(&buffer.Append{
+			Record: rec,
+			Dedup:  buffer.DedupKey{ClientID: cl.ID, PacketID: pk.PacketID, Dup: pk.FixedHeader.Dup},
+			Done:   func(r buffer.Result) { f.result <- r },
+		})
+		if err != nil {
+			f.result <- buffer.Result{Err: err}
+		}
+	}
+	st.queue <- f
+	return pk, packets.ErrRejectPacket
+}
+
+// state returns the client's ordering state, starting its acker on first use.
+// Only the client's read goroutine calls it, so creation does not race.
+func (h *ingestHook) state(cl *mqtt.Client) *clientState {
+	if v, ok := h.clients.Load(cl); ok {
+		return v.(*clientState)
+	}
+	n := h.b.opts.Config.MQTT.MaxInflight
+	st := &clientState{slots: make(chan struct{}, n), queue: make(chan *inflight, n)}
+	h.clients.Store(cl, st)
+	h.b.ackers.Add(1)
+	go h.acker(cl, st)
+	return st
+}
+
+// OnDisconnect ends the client's acker once its queue is drained. mochi calls
+// it after the read loop ended, so no more publishes can be queued.
+func (h *ingestHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if v, ok := h.clients.LoadAndDelete(cl); ok {
+		close(v.(*clientState).queue)
+	}
+}
+
+func (h *ingestHook) isInjecting(cl *mqtt.Client) bool {
+	if v, ok := h.clients.Load(cl); ok {
+		return v.(*clientState).injecting.Load()
+	}
+	return false
+}
+
+// acker acknowledges the client's publishes in arrival order, each only after
+// the transaction that holds it committed.
+func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
+	defer h.b.ackers.Done()
+	b := h.b
+	for f := range st.queue {
+		r := <-f.result
+		switch {
+		case f.code.Code != 0:
+			b.refuse(cl, f.pk, f.code)
+		case r.Err != nil:
+			b.countRefused(f.route, "write_failed")
+			code := packets.ErrUnspecifiedError
+			if errors.Is(r.Err, buffer.ErrClosed) {
+				code = packets.ErrServerShuttingDown
+			}
+			b.refuse(cl, f.pk, code)
+		default:
+			if f.route != "" {
+				b.countStored(f.route, r)
+			}
+			pk := f.pk
+			pk.Mods.MaxSize = injectMark
+			st.injecting.Store(true)
+			err := b.server.InjectPacket(cl, pk)
+			st.injecting.Store(false)
+			if err != nil && !cl.Closed() {
+				b.log.Debug("puback after commit failed", "client", cl.ID, "error", err)
+			}
+		}
+		<-st.slots
+	}
+}
+
+// refuse answers a publish that was not stored: reason code for MQTT 5,
+// disconnect for 3.1.1 (which has no negative PUBACK).
+func (b *Broker) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) {
+	if cl.Closed() {
+		return
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		cl.Stop(code)
+		return
+	}
+	ackType := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ackType = packets.Pubrec
+	}
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: ackType},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+		Properties:  packets.Properties{ReasonString: code.Reason},
+	}
+	if err := cl.WritePacket(ack); err != nil {
+		b.log.Debug("refusal not delivered", "client", cl.ID, "error", err)
+	}
+}
+
+// record builds the buffer record for a routed publish; topic and key are
+// fixed now and never change with later reloads.
+func (b *Broker) record(cl *mqtt.Client, pk packets.Packet, route *rules.Route) buffer.Record {
+	rec := buffer.Record{
+		Route:      route.Name,
+		Received:   time.Now(),
+		KafkaTopic: route.KafkaTopic,
+		Key:        route.Key(cl.ID, string(cl.Properties.Username), pk.TopicName),
+		MQTTTopic:  pk.TopicName,
+		ClientID:   cl.ID,
+		Payload:    pk.Payload,
+	}
+	p := &pk.Properties
+	if n := len(p.User); n > 0 || p.ResponseTopic != "" || len(p.CorrelationData) > 0 {
+		rec.Headers = make([]buffer.Header, 0, n+2)
+		for _, u := range p.User {
+			rec.Headers = append(rec.Headers, buffer.Header{Key: u.Key, Value: []byte(u.Val)})
+		}
+		if p.ResponseTopic != "" {
+			rec.Headers = append(rec.Headers, buffer.Header{Key: "mqtt.response_topic", Value: []byte(p.ResponseTopic)})
+		}
+		if len(p.CorrelationData) > 0 {
+			rec.Headers = append(rec.Headers, buffer.Header{Key: "mqtt.correlation_data", Value: p.CorrelationData})
+		}
+	}
+	return rec
+}
+
+// logOnce logs a message the first time a key is seen, so a flood of one kind
+// of refusal does not flood the log.
+type logOnce struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (l *logOnce) warn(log *slog.Logger, key, msg string, args ...any) {
+	l.mu.Lock()
+	if l.seen == nil {
+		l.seen = map[string]bool{}
+	}
+	first := !l.seen[key]
+	l.seen[key] = true
+	l.mu.Unlock()
+	if first {
+		log.Warn(msg, args...)
+	}
+}

@@ -1,0 +1,211 @@
+package broker
+
+import (
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// tcpListener is a mochi listener (plain TCP or TLS) whose connections are
+// wrapped in a frameGuard, so that an oversized packet from an MQTT 5 client
+// is answered with DISCONNECT 0x95 before the connection closes (mochi v2.7.9
+// closes it without a reason code).
+type tcpListener struct {
+	id, address string
+	tlsConfig   *tls.Config
+	maxPacket   uint32
+	log         *slog.Logger
+
+	listen net.Listener
+	end    atomic.Bool
+	wg     sync.WaitGroup
+}
+
+func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32) *tcpListener {
+	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, maxPacket: maxPacket}
+}
+
+func (l *tcpListener) ID() string { return l.id }
+
+func (l *tcpListener) Address() string {
+	if l.listen != nil {
+		return l.listen.Addr().String()
+	}
+	return l.address
+}
+
+func (l *tcpListener) Protocol() string {
+	if l.tlsConfig != nil {
+		return "tls"
+	}
+	return "tcp"
+}
+
+func (l *tcpListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	if l.tlsConfig != nil {
+		ln = tls.NewListener(ln, l.tlsConfig)
+	}
+	l.listen = ln
+	return nil
+}
+
+func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+	for {
+		if l.end.Load() {
+			return
+		}
+		conn, err := l.listen.Accept()
+		if err != nil {
+			if l.end.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			l.log.Warn("mqtt accept failed", "listener", l.id, "error", err)
+			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: don't spin
+			continue
+		}
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetKeepAlivePeriod(30 * time.Second)
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			err := establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket})
+			if err != nil && l.log != nil {
+				l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
+			}
+		}()
+	}
+}
+
+func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+	l.end.Store(true)
+	if l.listen != nil {
+		_ = l.listen.Close()
+	}
+	closeClients(l.id)
+}
+
+// frameGuard follows the MQTT framing of the bytes read from a connection:
+// packet type, remaining length, body. It learns the protocol version from
+// CONNECT, and when a packet announces more than max bytes it sends an MQTT 5
+// client DISCONNECT with reason 0x95 (packet too large). mochi sees the same
+// header right after and closes the connection.
+type frameGuard struct {
+	net.Conn
+	max uint32
+
+	mu        sync.Mutex
+	state     int // 0 type byte, 1 remaining length, 2 body
+	first     bool
+	typ       byte
+	remaining uint32
+	mult      uint32
+	lenBytes  int
+	body      []byte // the first bytes of CONNECT, to find the protocol level
+	version   byte
+	tooLarge  bool
+}
+
+const (
+	guardType = iota
+	guardLength
+	guardBody
+)
+
+// writeDeadline bounds a write to a client that stopped reading, so a stuck
+// terminal cannot hold a broker goroutine forever.
+const writeDeadline = 30 * time.Second
+
+func (g *frameGuard) Write(p []byte) (int, error) {
+	_ = g.Conn.SetWriteDeadline(time.Now().Add(writeDeadline))
+	return g.Conn.Write(p)
+}
+
+func (g *frameGuard) Read(p []byte) (int, error) {
+	n, err := g.Conn.Read(p)
+	if n > 0 && g.max > 0 {
+		g.mu.Lock()
+		tooLarge := g.scan(p[:n])
+		version := g.version
+		g.mu.Unlock()
+		if tooLarge && version == 5 {
+			// DISCONNECT, remaining length 1, reason code 0x95.
+			_, _ = g.Write([]byte{0xE0, 0x01, 0x95})
+		}
+	}
+	return n, err
+}
+
+// scan advances the framing state over b; it reports true once, when a
+// too-large packet header is seen.
+func (g *frameGuard) scan(b []byte) bool {
+	if g.tooLarge {
+		return false
+	}
+	for len(b) > 0 {
+		switch g.state {
+		case guardType:
+			g.typ = b[0] >> 4
+			g.state, g.remaining, g.mult, g.lenBytes = guardLength, 0, 1, 0
+			b = b[1:]
+		case guardLength:
+			c := b[0]
+			b = b[1:]
+			g.remaining += uint32(c&127) * g.mult
+			g.mult *= 128
+			g.lenBytes++
+			if c&128 != 0 && g.lenBytes < 4 {
+				continue
+			}
+			// fixed header complete
+			if g.remaining+1 > g.max {
+				g.tooLarge = true
+				return true
+			}
+			g.state = guardBody
+			if g.remaining == 0 {
+				g.state = guardType
+			}
+		case guardBody:
+			take := min(uint32(len(b)), g.remaining)
+			if !g.first && g.typ == 1 && len(g.body) < 16 {
+				g.body = append(g.body, b[:min(int(take), 16-len(g.body))]...)
+			}
+			b = b[take:]
+			g.remaining -= take
+			if g.remaining == 0 {
+				if !g.first && g.typ == 1 {
+					g.version = connectVersion(g.body)
+				}
+				g.first = g.first || g.typ == 1
+				g.body = nil
+				g.state = guardType
+			}
+		}
+	}
+	return false
+}
+
+// connectVersion reads the protocol level from the start of a CONNECT body:
+// a 2-byte length, the protocol name, then the level.
+func connectVersion(body []byte) byte {
+	if len(body) < 2 {
+		return 0
+	}
+	n := int(body[0])<<8 | int(body[1])
+	if len(body) < 2+n+1 {
+		return 0
+	}
+	return body[2+n]
+}

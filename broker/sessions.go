@@ -1,0 +1,45 @@
+package broker
+
+import (
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// sessionStore persists broker sessions (clients, subscriptions, retained
+// messages, outbound in-flight deliveries) with mochi's bbolt storage hook,
+// minus its tracking of inbound QoS acknowledgements: that hook writes (and
+// fsyncs) twice per incoming QoS 1 publish, which would undo group commit.
+// Inbound publishes are already durable in the uplink buffer, and a
+// retransmission is recognised there.
+type sessionStore struct {
+	*bolt.Hook
+	ingest *ingestHook
+}
+
+func (s *sessionStore) ID() string { return "gateway-sessions" }
+
+// OnQosPublish keeps outbound deliveries only: an inbound publish's PUBACK or
+// PUBREC needs no session record.
+func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if t := pk.FixedHeader.Type; t == packets.Puback || t == packets.Pubrec {
+		return
+	}
+	s.Hook.OnQosPublish(cl, pk, sent, resends)
+}
+
+// OnQosComplete skips the completion of an inbound publish, which mochi
+// reports while the ingest acker re-injects it.
+func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if s.ingest.isInjecting(cl) {
+		return
+	}
+	s.Hook.OnQosComplete(cl, pk)
+}
+
+func (s *sessionStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if s.ingest.isInjecting(cl) {
+		return
+	}
+	s.Hook.OnQosDropped(cl, pk)
+}
