@@ -170,7 +170,7 @@ func Parse(data []byte, environ []string) (*Config, error) {
 		v.SetDefault(k, defaults[k])
 	}
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
-		return nil, Problems{"yaml: " + firstLine(err.Error())}
+		return nil, Problems{"yaml: " + oneLine(err.Error())}
 	}
 	// Overrides come from the given environment, not viper's AutomaticEnv, so
 	// the result does not depend on hidden process state in tests.
@@ -269,9 +269,8 @@ func decodeProblems(err error) error {
 	return out
 }
 
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
+func oneLine(s string) string {
+	s = strings.TrimPrefix(s, "While parsing config: ")
+	parts := strings.Fields(strings.ReplaceAll(s, "\n", " "))
+	return strings.Join(parts, " ")
 }
