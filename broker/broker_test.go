@@ -436,3 +436,59 @@ func TestACL(t *testing.T) {
 		t.Fatal("denied publish stored")
 	}
 }
+
+// Broker sessions survive a restart: a persistent subscriber's subscription
+// is still there, and a QoS 1 message published while it was offline (and
+// the broker restarted) reaches it when it reconnects.
+func TestSessionsSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir, "acl: {subscribe: ['#'], publish: ['#']}\n", buffer.Options{})
+	opts := func(addr string, got chan string) *paho.ClientOptions {
+		return paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("dashboard").
+			SetCleanSession(false).SetAutoReconnect(false).
+			SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
+	}
+	got := make(chan string, 10)
+	sub := paho.NewClient(opts(e.addr, got))
+	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := sub.Subscribe("terminals/+/payments/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	sub.Disconnect(0)
+	pub := dialRaw(t, e.addr, 4, "term-s", true)
+	pub.publish(1, 1, false, "terminals/term-s/payments/1", []byte("while-offline"))
+	pub.expectPuback()
+	e.stop()
+
+	e = start(t, dir, "acl: {subscribe: ['#'], publish: ['#']}\n", buffer.Options{})
+	sub = paho.NewClient(opts(e.addr, got))
+	tok := sub.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer sub.Disconnect(0)
+	if !tok.(*paho.ConnectToken).SessionPresent() {
+		t.Fatal("session not present after restart")
+	}
+	select {
+	case m := <-got:
+		if m != "while-offline" {
+			t.Fatal(m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("message queued for the offline session was not delivered after restart")
+	}
+	pub = dialRaw(t, e.addr, 4, "term-s", true)
+	pub.publish(1, 2, false, "terminals/term-s/payments/2", []byte("after"))
+	pub.expectPuback()
+	select {
+	case m := <-got:
+		if m != "after" {
+			t.Fatal(m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscription lost across restart")
+	}
+}

@@ -1,7 +1,11 @@
 package broker
 
 import (
+	"strconv"
+	"strings"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -42,4 +46,22 @@ func (s *sessionStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	s.Hook.OnQosDropped(cl, pk)
+}
+
+// StoredInflightMessages fixes a mochi v2.7.9 loss: its bbolt hook stores an
+// in-flight message without its packet id, so after a restart the message is
+// restored with id 0 and the client is disconnected ("missing packet id").
+// The id is the last part of the storage key ("IFM_<client>:<id>").
+func (s *sessionStore) StoredInflightMessages() ([]storage.Message, error) {
+	msgs, err := s.Hook.StoredInflightMessages()
+	for i := range msgs {
+		if msgs[i].PacketID != 0 {
+			continue
+		}
+		j := strings.LastIndexByte(msgs[i].ID, ':')
+		if id, perr := strconv.ParseUint(msgs[i].ID[j+1:], 10, 16); j >= 0 && perr == nil {
+			msgs[i].PacketID = uint16(id)
+		}
+	}
+	return msgs, err
 }
