@@ -1,0 +1,409 @@
+// Package bridge is the drain: it reads the durable uplink buffer by route
+// priority, produces each record to Kafka with an idempotent sarama producer
+// (acks=all), and deletes a record from the buffer only after Kafka
+// acknowledged it. It keeps the link state (up, down, connecting) and
+// reconnects by itself, with exponential backoff and jitter, whether Kafka
+// refuses connections or accepts them and never answers.
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/config"
+)
+
+// Link states reported by LinkStatus.State.
+const (
+	StateUp         = "up"
+	StateDown       = "down"
+	StateConnecting = "connecting"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultMaxBatchRecords    = 10000
+	DefaultMaxBatchBytes      = 8 << 20
+	DefaultMaxInflightBatches = 4
+	DefaultCloseTimeout       = 10 * time.Second
+)
+
+// Reconnect backoff for (re)creating the producer, and how long records may
+// wait for an acknowledgement before the link is reported down.
+const (
+	reconnectMin = 500 * time.Millisecond
+	reconnectMax = 30 * time.Second
+	stallAfter   = netTimeout + 5*time.Second
+	idleTick     = time.Second
+)
+
+// Options configure New. Zero values take the defaults named per field.
+type Options struct {
+	// Kafka holds brokers, client id, protocol version, compression, TLS and
+	// SASL. Brokers is required.
+	Kafka config.Kafka
+	// GatewayID goes into the gw.id header of every record. Required.
+	GatewayID string
+	// Link is stored for the bandwidth cap and drain windows (not acted on yet).
+	Link config.Link
+	// Priority ranks routes: lower drains first. Nil: all routes equal.
+	Priority func(route string) int
+	// MaxBatchRecords is the most records read from the buffer and sent as
+	// one batch (default 10000).
+	MaxBatchRecords int
+	// MaxBatchBytes bounds a batch's encoded size in bytes (default 8 MiB).
+	MaxBatchBytes int
+	// MaxInflightBatches is how many batches may await Kafka's
+	// acknowledgement at once (default 4); it bounds the drain's memory.
+	MaxInflightBatches int
+	// CloseTimeout bounds how long Close waits for in-flight records to be
+	// acknowledged before it cuts the connections (default 10s).
+	CloseTimeout time.Duration
+	// Logger receives link state changes; nil discards.
+	Logger *slog.Logger
+	// Registerer, if set, gets the drain's Prometheus metrics.
+	Registerer prometheus.Registerer
+}
+
+// LinkStatus is the uplink as the drain sees it.
+type LinkStatus struct {
+	State       string    // StateUp, StateDown or StateConnecting
+	LastAck     time.Time // last acknowledgement from Kafka; zero if none yet
+	DownSince   time.Time // when the link went down; zero unless State is down
+	LastError   string    // the last error talking to Kafka, "" if none since up
+	SentRecords uint64    // records acknowledged by Kafka since start
+	RecentRate  float64   // acknowledged records per second over the last ~10 s
+}
+
+// Bridge drains a buffer to Kafka. Create it with New, run it with Start,
+// stop it with Close.
+type Bridge struct {
+	buf  *buffer.Buffer
+	opts Options
+	log  *slog.Logger
+	base *sarama.Config
+	m    *metrics
+
+	quit      chan struct{}
+	done      chan struct{}
+	startOnce sync.Once
+	closeOnce sync.Once
+	started   atomic.Bool
+
+	mu   sync.Mutex // guards link, rate and sess
+	link LinkStatus
+	rate rateWindow
+	sess *session
+
+	// delMu orders buffer deletes against Close giving up: once abandoned
+	// is set no late acknowledgement touches the buffer.
+	delMu     sync.Mutex
+	abandoned bool
+}
+
+// New validates opts and prepares a bridge; it does no network I/O.
+func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
+	if buf == nil {
+		return nil, errors.New("bridge: buffer is required")
+	}
+	if len(opts.Kafka.Brokers) == 0 {
+		return nil, errors.New("bridge: kafka.brokers: at least one broker is required")
+	}
+	if opts.GatewayID == "" {
+		return nil, errors.New("bridge: gateway id is required (it is the gw.id header)")
+	}
+	if opts.Kafka.ExactlyOnce {
+		// Accepted so a config can state it; the transactional drain is a
+		// later issue. Say so rather than pretend.
+		if opts.Logger != nil {
+			opts.Logger.Warn("kafka.exactly_once is not implemented yet: draining at-least-once (gw.id+gw.seq identify duplicates)")
+		}
+	}
+	base, err := NewSaramaConfig(opts.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxBatchRecords <= 0 {
+		opts.MaxBatchRecords = DefaultMaxBatchRecords
+	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if opts.MaxInflightBatches <= 0 {
+		opts.MaxInflightBatches = DefaultMaxInflightBatches
+	}
+	if opts.CloseTimeout <= 0 {
+		opts.CloseTimeout = DefaultCloseTimeout
+	}
+	if opts.Priority == nil {
+		opts.Priority = func(string) int { return 0 }
+	}
+	lg := opts.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Bridge{
+		buf:  buf,
+		opts: opts,
+		log:  lg.With("component", "bridge"),
+		base: base,
+		m:    m,
+		quit: make(chan struct{}),
+		done: make(chan struct{}),
+		link: LinkStatus{State: StateConnecting},
+	}, nil
+}
+
+// Start runs the drain loop in the background. Calling it again, or after
+// Close, does nothing.
+func (b *Bridge) Start() {
+	b.startOnce.Do(func() {
+		select {
+		case <-b.quit:
+			return
+		default:
+		}
+		b.started.Store(true)
+		go b.run()
+	})
+}
+
+// Close stops the drain and waits for in-flight records to be acknowledged,
+// at most CloseTimeout; then it cuts the connections and returns. Records
+// not acknowledged stay in the buffer and are sent again on the next start.
+// It is safe to call twice.
+func (b *Bridge) Close() error {
+	b.closeOnce.Do(func() {
+		close(b.quit)
+		// Waits for a concurrent Start and makes later ones no-ops.
+		b.startOnce.Do(func() {})
+		if !b.started.Load() {
+			return
+		}
+		timer := time.NewTimer(b.opts.CloseTimeout)
+		defer timer.Stop()
+		select {
+		case <-b.done:
+			return
+		case <-timer.C:
+		}
+		// Kafka is not answering: fail what is in flight so sarama gives up.
+		b.mu.Lock()
+		s := b.sess
+		b.mu.Unlock()
+		if s != nil {
+			s.f.kill(errClosing)
+		}
+		select {
+		case <-b.done:
+		case <-time.After(2 * time.Second):
+			b.log.Warn("kafka producer did not stop in time; unacknowledged records stay buffered")
+		}
+		b.delMu.Lock()
+		b.abandoned = true
+		b.delMu.Unlock()
+	})
+	return nil
+}
+
+var errClosing = errors.New("bridge: closing")
+
+// Link returns the current link status.
+func (b *Bridge) Link() LinkStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.link
+	st.RecentRate = b.rate.rate(time.Now())
+	return st
+}
+
+func (b *Bridge) stopping() bool {
+	select {
+	case <-b.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// run is the drain loop: connect, drain until an error, shut the producer
+// down cleanly, back off, start over from the buffer's head.
+func (b *Bridge) run() {
+	defer close(b.done)
+	defer b.setSession(nil)
+	failures := 0
+	for !b.stopping() {
+		s, err := b.connect()
+		if err != nil {
+			if b.stopping() {
+				return
+			}
+			b.m.errors.WithLabelValues("connect").Inc()
+			b.setDown(fmt.Errorf("connect: %w", err))
+			failures++
+			if !b.sleep(backoff(failures, reconnectMin, reconnectMax)) {
+				return
+			}
+			continue
+		}
+		b.setUp()
+		err = s.drain()
+		s.shutdown()
+		if s.acked.Load() > 0 {
+			failures = 0
+		}
+		if b.stopping() {
+			return
+		}
+		if err == nil {
+			continue
+		}
+		b.m.errors.WithLabelValues("produce").Inc()
+		b.setDown(err)
+		failures++
+		if !b.sleep(backoff(failures, reconnectMin, reconnectMax)) {
+			return
+		}
+	}
+}
+
+// sleep waits d or until Close; it reports whether to go on.
+func (b *Bridge) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-b.quit:
+		return false
+	}
+}
+
+func (b *Bridge) setSession(s *session) {
+	b.mu.Lock()
+	b.sess = s
+	b.mu.Unlock()
+}
+
+// setUp and setDown log state changes once each, not per retry.
+func (b *Bridge) setUp() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.link.State == StateUp {
+		return
+	}
+	if !b.link.DownSince.IsZero() {
+		b.log.Info("kafka link up", "was_down_for", time.Since(b.link.DownSince).Round(time.Millisecond))
+	} else {
+		b.log.Info("kafka link up")
+	}
+	b.link.State = StateUp
+	b.link.DownSince = time.Time{}
+	b.link.LastError = ""
+	b.m.up.Set(1)
+}
+
+func (b *Bridge) setDown(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	msg := err.Error()
+	b.link.LastError = msg
+	if b.link.State == StateDown {
+		b.log.Debug("kafka still unreachable", "error", msg)
+		return
+	}
+	b.link.State = StateDown
+	b.link.DownSince = time.Now()
+	b.m.up.Set(0)
+	b.log.Warn("kafka link down; buffering", "error", msg)
+}
+
+// acked records n acknowledgements at t.
+func (b *Bridge) acked(n int, t time.Time) {
+	b.mu.Lock()
+	b.link.SentRecords += uint64(n)
+	if t.After(b.link.LastAck) {
+		b.link.LastAck = t
+	}
+	b.rate.add(t, uint64(n))
+	b.mu.Unlock()
+	b.m.sent.Add(float64(n))
+	b.m.lastAck.Set(float64(t.UnixNano()) / 1e9)
+}
+
+// deleteAcked removes acknowledged records unless Close has given up.
+func (b *Bridge) deleteAcked(refs []buffer.Ref) error {
+	b.delMu.Lock()
+	defer b.delMu.Unlock()
+	if b.abandoned {
+		return errClosing
+	}
+	return b.buf.Delete(refs)
+}
+
+// message builds the Kafka record of CONTRACT §4.
+func (b *Bridge) message(rec *buffer.Record) *sarama.ProducerMessage {
+	hs := make([]sarama.RecordHeader, 0, 4+len(rec.Headers))
+	hs = append(hs,
+		sarama.RecordHeader{Key: []byte("mqtt.topic"), Value: []byte(rec.MQTTTopic)},
+		sarama.RecordHeader{Key: []byte("mqtt.client_id"), Value: []byte(rec.ClientID)},
+		sarama.RecordHeader{Key: []byte("gw.id"), Value: []byte(b.opts.GatewayID)},
+		sarama.RecordHeader{Key: []byte("gw.seq"), Value: fmt.Appendf(nil, "%d", rec.Seq)},
+	)
+	for _, h := range rec.Headers {
+		hs = append(hs, sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
+	}
+	key := rec.Key
+	if key == nil {
+		key = []byte{} // one partition for "no key", not a random one
+	}
+	payload := rec.Payload
+	if payload == nil {
+		payload = []byte{} // an empty publish is an empty value, not a tombstone
+	}
+	return &sarama.ProducerMessage{
+		Topic:     rec.KafkaTopic,
+		Key:       sarama.ByteEncoder(key),
+		Value:     sarama.ByteEncoder(payload),
+		Headers:   hs,
+		Timestamp: rec.Received,
+	}
+}
+
+// rateWindow counts events per second over the last ten seconds.
+type rateWindow struct {
+	counts [10]uint64
+	secs   [10]int64
+}
+
+func (w *rateWindow) add(t time.Time, n uint64) {
+	s := t.Unix()
+	i := s % int64(len(w.secs))
+	if w.secs[i] != s {
+		w.secs[i], w.counts[i] = s, 0
+	}
+	w.counts[i] += n
+}
+
+func (w *rateWindow) rate(now time.Time) float64 {
+	s := now.Unix()
+	var sum uint64
+	for i := range w.secs {
+		if d := s - w.secs[i]; d >= 0 && d < int64(len(w.secs)) {
+			sum += w.counts[i]
+		}
+	}
+	return float64(sum) / float64(len(w.secs))
+}
