@@ -32,6 +32,9 @@ run: build
 
 test: deps
 	$(GO) vet ./...
+	@# kfake is a dev/test cluster: it must never link into the product.
+	@if $(GO) list -deps ./cmd/gateway 2>/dev/null | grep -q 'franz-go/pkg/kfake'; then \
+		echo "test: kfake is linked into ./cmd/gateway"; exit 1; fi
 	$(GO) test -race -timeout 15m ./...
 
 # mosquitto_pub/mosquitto_sub serve as outside MQTT clients in tests. Installs

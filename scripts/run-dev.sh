@@ -24,7 +24,9 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C is the normal way to stop: exit 0 so make does not report an error.
+trap 'exit 0' INT
+trap 'exit 143' TERM
 
 [ -f "$CONFIG" ] || { echo "run: $CONFIG not found" >&2; exit 2; }
 
