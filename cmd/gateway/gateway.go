@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/edgegw/gateway/admin"
+	"github.com/edgegw/gateway/bridge"
+	"github.com/edgegw/gateway/broker"
+	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/rules"
+)
+
+// gateway holds the running components. Start order: buffer, admin, broker,
+// bridge. Stop order is the reverse, with the database last: broker
+// (listeners, then the ackers finishing their commits), bridge (in-flight
+// Kafka sends), admin, buffer.
+type gateway struct {
+	log   *slog.Logger
+	buf   *buffer.Buffer
+	brk   *broker.Broker
+	brg   *bridge.Bridge
+	adm   *admin.Server
+	rules *rules.Set
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// startGateway starts every component; on failure it stops what started.
+func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) {
+	g := &gateway{log: log, rules: rules.Compile(cfg)}
+	defer func() {
+		if err != nil {
+			g.stop()
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	g.buf, err = buffer.Open(buffer.Options{
+		Path:   filepath.Join(cfg.DataDir, "buffer.db"),
+		Logger: log.With("component", "buffer"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.brk, err = broker.New(broker.Options{
+		Config:     cfg,
+		Rules:      g.rules,
+		Buffer:     g.buf,
+		Logger:     log.With("component", "broker"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.brg, err = bridge.New(g.buf, bridge.Options{
+		Kafka:      cfg.Kafka,
+		GatewayID:  cfg.ID,
+		Link:       cfg.Link,
+		Priority:   g.rules.Priority,
+		Logger:     log.With("component", "bridge"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Admin.Address != "" {
+		g.adm, err = admin.New(cfg.Admin.Address, g.adminSources(cfg, reg), log.With("component", "admin"))
+		if err != nil {
+			return nil, err
+		}
+		if err = g.adm.Start(); err != nil {
+			return nil, fmt.Errorf("admin.address %s: %w", cfg.Admin.Address, err)
+		}
+	}
+	if err = g.brk.Start(); err != nil {
+		return nil, err
+	}
+	g.brg.Start()
+	log.Info("gateway started", "id", cfg.ID, "mqtt", g.brk.Addr("tcp"), "admin", cfg.Admin.Address,
+		"kafka", cfg.Kafka.Brokers, "data_dir", cfg.DataDir, "backlog", backlogCount(g.buf))
+	return g, nil
+}
+
+func backlogCount(b *buffer.Buffer) int64 { n, _ := b.Total(); return n }
+
+func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) admin.Sources {
+	return admin.Sources{
+		GatewayID: cfg.ID,
+		Version:   version,
+		Ready:     func() bool { return g.brk != nil && g.brk.Listening() },
+		Routes: func() []admin.RouteInfo {
+			var out []admin.RouteInfo
+			for _, r := range g.rules.Routes() {
+				out = append(out, admin.RouteInfo{Name: r.Name, Match: r.Match, KafkaTopic: r.KafkaTopic,
+					Priority: r.Priority, MaxAge: r.MaxAge, MaxBytes: r.MaxBytes, OnFull: r.OnFull})
+			}
+			return out
+		},
+		Backlog:    g.buf.Stats,
+		DiskUsed:   func() int64 { _, b := g.buf.Total(); return b },
+		DiskFile:   g.buf.FileSize,
+		DiskBudget: cfg.Buffer.MaxDiskBytes,
+		Drops: func() map[string]map[string]uint64 {
+			out := map[string]map[string]uint64{}
+			for route, n := range g.brk.Refused() {
+				if route == "" {
+					continue // unrouted publishes belong to no route
+				}
+				out[route] = map[string]uint64{"rejected": n}
+			}
+			return out
+		},
+		Link: func() admin.LinkStatus {
+			l := g.brg.Link()
+			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,
+				LastError: l.LastError, RecentRate: l.RecentRate}
+		},
+		Gatherer: reg,
+	}
+}
+
+// stop shuts down in reverse start order; safe to call twice.
+func (g *gateway) stop() error {
+	g.stopOnce.Do(func() {
+		var errs []error
+		if g.brk != nil {
+			errs = append(errs, g.brk.Close())
+		}
+		if g.brg != nil {
+			errs = append(errs, g.brg.Close())
+		}
+		if g.adm != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			errs = append(errs, g.adm.Close(ctx))
+			cancel()
+		}
+		if g.buf != nil {
+			errs = append(errs, g.buf.Close())
+		}
+		g.stopErr = errors.Join(errs...)
+	})
+	return g.stopErr
+}

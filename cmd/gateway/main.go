@@ -1,0 +1,162 @@
+// Command gateway is the edge MQTT-to-Kafka gateway: terminals publish over
+// MQTT, every message is stored on disk before it is acknowledged, and a
+// store-and-forward bridge drains the buffer to Kafka whenever the link allows.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/edgegw/gateway/admin"
+	"github.com/edgegw/gateway/config"
+)
+
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+const usage = `usage:
+  gateway run --config FILE      run until SIGINT/SIGTERM
+  gateway check --config FILE    validate a config file
+  gateway status [--admin ADDR]  summary from a running gateway's admin endpoint
+  gateway version                version, commit, Go version, platform
+`
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // runtime failure, or status: gateway unreachable
+	exitUsage   = 2 // bad usage or invalid config
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without the exit, so tests can call it.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return exitOK
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "gateway: unknown command %q\n%s", args[0], usage)
+	return exitUsage
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("gateway "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// loadConfig parses --config and loads the file; problems go to stderr one
+// per line, naming the key.
+func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, int) {
+	fs := newFlags(name, stderr)
+	path := fs.String("config", "", "path to the YAML config file")
+	if err := fs.Parse(args); err != nil {
+		return nil, exitUsage
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "gateway %s: --config FILE is required (and takes no other arguments)\n", name)
+		return nil, exitUsage
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		var problems config.Problems
+		if errors.As(err, &problems) {
+			for _, p := range problems {
+				fmt.Fprintln(stderr, p)
+			}
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return nil, exitUsage
+	}
+	return cfg, exitOK
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	if _, code := loadConfig("check", args, stdout); code != exitOK {
+		return code
+	}
+	fmt.Fprintln(stdout, "ok")
+	return exitOK
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	cfg, code := loadConfig("run", args, stderr)
+	if code != exitOK {
+		return code
+	}
+	log := newLogger(cfg.Log, stderr)
+	gw, err := startGateway(cfg, log)
+	if err != nil {
+		log.Error("gateway failed to start", "error", err)
+		return exitFailure
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("shutting down", "signal", s.String())
+	signal.Stop(sig)
+	if err := gw.stop(); err != nil {
+		log.Error("shutdown", "error", err)
+		return exitFailure
+	}
+	log.Info("stopped cleanly")
+	return exitOK
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("status", stderr)
+	addr := fs.String("admin", "", "admin endpoint address (default: admin.address of --config, else 127.0.0.1:9100)")
+	path := fs.String("config", "", "read the admin address from this config file")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return exitUsage
+	}
+	if *addr == "" && *path != "" {
+		cfg, err := config.Load(*path)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return exitUsage
+		}
+		*addr = cfg.Admin.Address
+	}
+	if *addr == "" {
+		*addr = "127.0.0.1:9100"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := admin.FetchStatus(ctx, *addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway status: %v\n", err)
+		return exitFailure
+	}
+	admin.PrintStatus(stdout, st)
+	return exitOK
+}
