@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -148,6 +149,11 @@ func New(addr string, src Sources, logger *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /status", s.status)
+	// Profiles for diagnosing a box in the field; the admin endpoint listens
+	// on loopback by default.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	s.handler = mux
 	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -48,12 +49,47 @@ type authHook struct {
 	allowAnonymous bool
 	users          map[string][]byte
 	acl            atomic.Pointer[config.ACL] // swapped on reload
+
+	// expanded caches each client's ACL filters with {client_id} and
+	// {username} filled in: the check runs several times per publish.
+	expanded sync.Map // *mqtt.Client -> *clientACL
+}
+
+type clientACL struct {
+	from      *config.ACL // the ACL these were expanded from; a reload replaces it
+	publish   [][]string  // filters split into levels
+	subscribe []string
 }
 
 func (h *authHook) ID() string { return "gateway-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.expanded.Delete(cl)
+}
+
+// clientFilters returns the client's expanded ACL, building it on first use
+// and after a reload.
+func (h *authHook) clientFilters(cl *mqtt.Client, acl *config.ACL) *clientACL {
+	if v, ok := h.expanded.Load(cl); ok && v.(*clientACL).from == acl {
+		return v.(*clientACL)
+	}
+	c := &clientACL{from: acl}
+	for _, p := range acl.Publish {
+		if f, ok := expandACL(p, cl); ok {
+			c.publish = append(c.publish, strings.Split(f, "/"))
+		}
+	}
+	for _, p := range acl.Subscribe {
+		if f, ok := expandACL(p, cl); ok {
+			c.subscribe = append(c.subscribe, f)
+		}
+	}
+	h.expanded.Store(cl, c)
+	return c
 }
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -77,19 +113,17 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if acl == nil {
 		return true
 	}
-	allowed := acl.Subscribe
+	c := h.clientFilters(cl, acl)
 	if write {
-		allowed = acl.Publish
+		for _, f := range c.publish {
+			if rules.MatchFilter(f, topic) {
+				return true
+			}
+		}
+		return false
 	}
-	for _, pattern := range allowed {
-		f, ok := expandACL(pattern, cl)
-		if !ok {
-			continue
-		}
-		if write && rules.MatchString(f, topic) {
-			return true
-		}
-		if !write && filterWithin(topic, f) {
+	for _, f := range c.subscribe {
+		if filterWithin(topic, f) {
 			return true
 		}
 	}

@@ -49,7 +49,8 @@ type Broker struct {
 	auth    *authHook
 	ruleSet atomic.Pointer[rules.Set]
 
-	tcp []*tcpListener // for Addr()
+	tcp   []*tcpListener // for Addr()
+	store *sessionStore  // closed after the ackers, see Close
 
 	ackers    sync.WaitGroup
 	listening atomic.Bool
@@ -121,6 +122,7 @@ func New(opts Options) (*Broker, error) {
 	}
 	if !opts.NoSessionStore {
 		store := &sessionStore{Hook: new(bolt.Hook), ingest: b.ingest}
+		b.store = store
 		err := b.server.AddHook(store, &bolt.Options{
 			Path:    filepath.Join(cfg.DataDir, "sessions.db"),
 			Options: &bbolt.Options{Timeout: 2e9, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
@@ -264,6 +266,9 @@ func (b *Broker) Close() error {
 		case <-waited:
 		case <-time.After(10 * time.Second):
 			b.log.Warn("broker: some client ackers did not finish within 10s")
+		}
+		if b.store != nil {
+			err = errors.Join(err, b.store.Hook.Stop())
 		}
 	})
 	return err

@@ -23,6 +23,11 @@ type sessionStore struct {
 
 func (s *sessionStore) ID() string { return "gateway-sessions" }
 
+// Stop is deferred: mochi stops its hooks while client goroutines (and our
+// ackers, which deliver to offline sessions) are still finishing, so the
+// broker closes the store itself once they are done (see Broker.Close).
+func (s *sessionStore) Stop() error { return nil }
+
 // OnQosPublish keeps outbound deliveries only: an inbound publish's PUBACK or
 // PUBREC needs no session record.
 func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
