@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -360,7 +361,7 @@ func (b *Bridge) message(rec *buffer.Record) *sarama.ProducerMessage {
 		sarama.RecordHeader{Key: []byte("mqtt.topic"), Value: []byte(rec.MQTTTopic)},
 		sarama.RecordHeader{Key: []byte("mqtt.client_id"), Value: []byte(rec.ClientID)},
 		sarama.RecordHeader{Key: []byte("gw.id"), Value: []byte(b.opts.GatewayID)},
-		sarama.RecordHeader{Key: []byte("gw.seq"), Value: fmt.Appendf(nil, "%d", rec.Seq)},
+		sarama.RecordHeader{Key: []byte("gw.seq"), Value: strconv.AppendUint(nil, rec.Seq, 10)},
 	)
 	for _, h := range rec.Headers {
 		hs = append(hs, sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
