@@ -229,12 +229,31 @@ func (b *Buffer) Notify() <-chan struct{} { return b.notify }
 func (b *Buffer) writer() {
 	defer close(b.done)
 	batch := make([]*Append, 0, b.opts.MaxBatch)
+	wait := time.NewTimer(time.Hour)
+	wait.Stop()
+	last := 0                  // records in the previous commit
+	var lastTook time.Duration // how long it took
 	for {
 		select {
 		case a := <-b.queue:
 			batch = append(batch[:0], a)
 			batch = b.gather(batch)
+			// Many writers, each with one message in flight, are still
+			// re-sending after the previous commit's acknowledgements: wait a
+			// fraction of a commit for them, so one fsync carries them all.
+			if len(batch) < last/2 && lastTook > 0 {
+				wait.Reset(lastTook / 4)
+				batch = b.gatherUntil(batch, last, wait.C)
+				if !wait.Stop() {
+					select {
+					case <-wait.C:
+					default:
+					}
+				}
+			}
+			start := time.Now()
 			b.commit(batch)
+			last, lastTook = len(batch), time.Since(start)
 		case <-b.quit:
 			// Close stopped new appends: commit what is still queued.
 			for {
@@ -246,6 +265,20 @@ func (b *Buffer) writer() {
 			}
 		}
 	}
+}
+
+// gatherUntil adds appends as they arrive until the batch holds want, the
+// timer fires, or MaxBatch is reached.
+func (b *Buffer) gatherUntil(batch []*Append, want int, timeout <-chan time.Time) []*Append {
+	for len(batch) < want && len(batch) < b.opts.MaxBatch {
+		select {
+		case a := <-b.queue:
+			batch = append(batch, a)
+		case <-timeout:
+			return b.gather(batch)
+		}
+	}
+	return batch
 }
 
 // gather adds whatever is already queued, without waiting, up to MaxBatch.
