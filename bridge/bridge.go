@@ -17,6 +17,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
@@ -53,13 +54,23 @@ type Options struct {
 	Kafka config.Kafka
 	// GatewayID goes into the gw.id header of every record. Required.
 	GatewayID string
-	// Link is stored for the bandwidth cap and drain windows (not acted on yet).
+	// Link is the bandwidth cap (bytes per second of record keys, values
+	// and headers, counted before compression), the drain windows and the
+	// urgent priority that drains outside them. SetLink replaces it.
 	Link config.Link
 	// Priority ranks routes: lower drains first. Nil: all routes equal.
+	// SetPriority replaces it.
 	Priority func(route string) int
+	// Now is the clock the drain windows are checked against (local time);
+	// nil is time.Now. Tests inject one.
+	Now func() time.Time
 	// MaxBatchRecords is the most records read from the buffer and sent as
-	// one batch (default 10000).
+	// one batch (default 10000). Batches start at MinBatchRecords and grow
+	// towards it while Kafka acknowledges them promptly.
 	MaxBatchRecords int
+	// MinBatchRecords is the smallest adaptive batch (default 64): where
+	// batches shrink to after errors and slow acknowledgements.
+	MinBatchRecords int
 	// MaxBatchBytes bounds a batch's encoded size in bytes (default 8 MiB).
 	MaxBatchBytes int
 	// MaxInflightBatches is how many batches may await Kafka's
@@ -82,6 +93,16 @@ type LinkStatus struct {
 	LastError   string    // the last error talking to Kafka, "" if none since up
 	SentRecords uint64    // records acknowledged by Kafka since start
 	RecentRate  float64   // acknowledged records per second over the last ~10 s
+	// OutsideWindow is true while link.windows are set and none is open:
+	// only routes at or below UrgentPriority drain.
+	OutsideWindow bool
+	// NextWindow is when the next drain window opens; zero unless
+	// OutsideWindow.
+	NextWindow time.Time
+	// MaxBytesPerSecond is the bandwidth cap in force; 0 = none.
+	MaxBytesPerSecond int64
+	// BatchRecords is the current adaptive batch size.
+	BatchRecords int
 }
 
 // Bridge drains a buffer to Kafka. Create it with New, run it with Start,
@@ -95,6 +116,11 @@ type Bridge struct {
 
 	quit      chan struct{}
 	done      chan struct{}
+	wake      chan struct{} // SetLink/SetPriority: look at the rules again
+	rules     atomic.Pointer[linkRules]
+	lim       *rate.Limiter // the bandwidth cap; safe for concurrent use
+	sizer     *batchSizer
+	outside   atomic.Bool // outside every drain window (logged on change)
 	startOnce sync.Once
 	closeOnce sync.Once
 	started   atomic.Bool
@@ -144,8 +170,17 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 	if opts.CloseTimeout <= 0 {
 		opts.CloseTimeout = DefaultCloseTimeout
 	}
+	if opts.MinBatchRecords <= 0 {
+		opts.MinBatchRecords = DefaultMinBatchRecords
+	}
 	if opts.Priority == nil {
 		opts.Priority = func(string) int { return 0 }
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Link.MaxBytesPerSecond < 0 {
+		return nil, fmt.Errorf("bridge: link.max_bytes_per_second %d is negative", opts.Link.MaxBytesPerSecond)
 	}
 	lg := opts.Logger
 	if lg == nil {
@@ -155,16 +190,23 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Bridge{
-		buf:  buf,
-		opts: opts,
-		log:  lg.With("component", "bridge"),
-		base: base,
-		m:    m,
-		quit: make(chan struct{}),
-		done: make(chan struct{}),
-		link: LinkStatus{State: StateConnecting},
-	}, nil
+	b := &Bridge{
+		buf:   buf,
+		opts:  opts,
+		log:   lg.With("component", "bridge"),
+		base:  base,
+		m:     m,
+		quit:  make(chan struct{}),
+		done:  make(chan struct{}),
+		wake:  make(chan struct{}, 1),
+		lim:   rate.NewLimiter(rate.Inf, 1),
+		sizer: newBatchSizer(opts.MinBatchRecords, opts.MaxBatchRecords),
+		link:  LinkStatus{State: StateConnecting},
+	}
+	b.rules.Store(&linkRules{link: cloneLink(opts.Link), priority: opts.Priority})
+	b.setLimit(opts.Link.MaxBytesPerSecond)
+	b.m.windowOpen.Set(1)
+	return b, nil
 }
 
 // Start runs the drain loop in the background. Calling it again, or after
@@ -227,6 +269,11 @@ func (b *Bridge) Link() LinkStatus {
 	defer b.mu.Unlock()
 	st := b.link
 	st.RecentRate = b.rate.rate(time.Now())
+	l := b.rules.Load().link
+	ws := windowAt(l, b.opts.Now())
+	st.OutsideWindow, st.NextWindow = !ws.open, ws.next
+	st.MaxBytesPerSecond = l.MaxBytesPerSecond
+	st.BatchRecords = b.sizer.size()
 	return st
 }
 
@@ -272,6 +319,7 @@ func (b *Bridge) run() {
 			continue
 		}
 		b.m.errors.WithLabelValues("produce").Inc()
+		b.sizer.shrink()
 		b.setDown(err)
 		failures++
 		if !b.sleep(backoff(failures, reconnectMin, reconnectMax)) {

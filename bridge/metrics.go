@@ -16,6 +16,10 @@ type metrics struct {
 	up       prometheus.Gauge
 	lastAck  prometheus.Gauge
 	inflight prometheus.Gauge
+
+	bytes      prometheus.Counter
+	capBytes   prometheus.Gauge
+	windowOpen prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -44,13 +48,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "gateway_bridge_inflight_records",
 			Help: "Records handed to the producer and not yet acknowledged or failed.",
 		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_bridge_bytes_sent_total",
+			Help: "Bytes handed to the producer, counted as the bandwidth cap counts them: record keys, values and headers before compression.",
+		}),
+		capBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gateway_bridge_max_bytes_per_second",
+			Help: "The bandwidth cap in force (link.max_bytes_per_second); 0 = none.",
+		}),
+		windowOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gateway_bridge_drain_window_open",
+			Help: "1 while every route may drain; 0 outside link.windows, when only urgent routes drain.",
+		}),
 	}
 	m.errors.WithLabelValues("connect")
 	m.errors.WithLabelValues("produce")
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sent, m.batches, m.errors, m.up, m.lastAck, m.inflight} {
+	for _, c := range []prometheus.Collector{m.sent, m.batches, m.errors, m.up, m.lastAck, m.inflight, m.bytes, m.capBytes, m.windowOpen} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

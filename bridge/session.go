@@ -53,6 +53,17 @@ type batch struct {
 	acked   []bool
 	pending int // results still to come, plus one while submitting
 	failed  int
+	sentAt  time.Time // when the last record was handed to sarama
+}
+
+// messageBytes is what the bandwidth cap counts for a record: key, value
+// and header keys and values, before compression and protocol framing.
+func messageBytes(m *sarama.ProducerMessage) int {
+	n := m.Key.Length() + m.Value.Length()
+	for _, h := range m.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
 }
 
 // msgRef ties a sarama message back to its batch slot.
@@ -135,7 +146,11 @@ func (s *session) drain() error {
 			}
 			continue
 		}
-		recs, err := b.buf.Read(cursors, b.opts.Priority, b.opts.MaxBatchRecords, b.opts.MaxBatchBytes)
+		rules := b.rules.Load()
+		ws := windowAt(rules.link, b.opts.Now())
+		b.checkWindow(ws)
+		after := b.readCursors(cursors, ws, rules.priority)
+		recs, err := b.buf.Read(after, rules.priority, b.sizer.size(), b.batchBytes(rules.link))
 		if err != nil {
 			s.f.kill(err)
 			return fmt.Errorf("bridge: %w", err)
@@ -147,6 +162,7 @@ func (s *session) drain() error {
 			case <-s.f.fenced:
 				return s.f.error()
 			case <-b.buf.Notify():
+			case <-b.wake:
 			case <-s.space:
 			case <-tick.C:
 				s.checkStall()
@@ -167,6 +183,11 @@ func (s *session) drain() error {
 		for i := range recs {
 			msg := b.message(&recs[i])
 			msg.Metadata = msgRef{b: bt, idx: i}
+			n := messageBytes(msg)
+			if !s.throttle(n) {
+				break submit
+			}
+			b.m.bytes.Add(float64(n))
 			select {
 			case s.prod.Input() <- msg:
 				sent++
@@ -186,6 +207,7 @@ func (s *session) drain() error {
 // handed to sarama.
 func (s *session) submitted(bt *batch, unsent int) {
 	s.mu.Lock()
+	bt.sentAt = time.Now()
 	bt.pending -= unsent + 1
 	s.outstanding -= unsent
 	done := bt.pending == 0
@@ -242,6 +264,7 @@ func (s *session) checkStall() {
 	s.stalled = stalled
 	s.mu.Unlock()
 	if report {
+		s.b.sizer.shrink()
 		s.b.setDown(fmt.Errorf("no acknowledgement from Kafka for %v with %d records in flight", stallAfter, n))
 	}
 }
@@ -281,6 +304,7 @@ func (s *session) pollErrors() {
 func (s *session) deleter() {
 	defer s.deleterWG.Done()
 	for bt := range s.completed {
+		s.b.sizer.batchDone(len(bt.recs), bt.failed, time.Since(bt.sentAt))
 		refs := make([]buffer.Ref, 0, len(bt.recs))
 		for i, ok := range bt.acked {
 			if ok {
