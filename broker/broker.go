@@ -41,13 +41,14 @@ type Options struct {
 
 // Broker is the embedded MQTT broker.
 type Broker struct {
-	opts    Options
-	log     *slog.Logger
-	server  *mqtt.Server
-	buf     *buffer.Buffer
-	ingest  *ingestHook
-	auth    *authHook
-	ruleSet atomic.Pointer[rules.Set]
+	opts     Options
+	log      *slog.Logger
+	server   *mqtt.Server
+	buf      *buffer.Buffer
+	ingest   *ingestHook
+	auth     *authHook
+	downlink *downlinkHook
+	ruleSet  atomic.Pointer[rules.Set]
 
 	tcp   []*tcpListener // for Addr()
 	store *sessionStore  // closed after the ackers, see Close
@@ -97,6 +98,7 @@ func New(opts Options) (*Broker, error) {
 	acl := cfg.ACL
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
+	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}}
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_ingest_messages_total",
@@ -121,7 +123,7 @@ func New(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if !opts.NoSessionStore {
-		store := &sessionStore{Hook: new(bolt.Hook), ingest: b.ingest}
+		store := &sessionStore{Hook: new(bolt.Hook), ingest: b.ingest, downlink: b.downlink}
 		b.store = store
 		err := b.server.AddHook(store, &bolt.Options{
 			Path:    filepath.Join(cfg.DataDir, "sessions.db"),
@@ -130,6 +132,12 @@ func New(opts Options) (*Broker, error) {
 		if err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
+	}
+
+	// After the session store: it asks the downlink hook whether a completed
+	// packet was a downlink one before the hook forgets it.
+	if err := b.server.AddHook(b.downlink, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 
 	if err := b.addListeners(cfg); err != nil {

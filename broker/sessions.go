@@ -18,7 +18,8 @@ import (
 // retransmission is recognised there.
 type sessionStore struct {
 	*bolt.Hook
-	ingest *ingestHook
+	ingest   *ingestHook
+	downlink *downlinkHook // its deliveries are the receipts outbox's, not the session's
 }
 
 func (s *sessionStore) ID() string { return "gateway-sessions" }
@@ -34,20 +35,23 @@ func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int
 	if t := pk.FixedHeader.Type; t == packets.Puback || t == packets.Pubrec {
 		return
 	}
+	if s.downlink.owns(cl, pk) {
+		return
+	}
 	s.Hook.OnQosPublish(cl, pk, sent, resends)
 }
 
 // OnQosComplete skips the completion of an inbound publish, which mochi
 // reports while the ingest acker re-injects it.
 func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if s.ingest.isInjecting(cl) {
+	if s.ingest.isInjecting(cl) || s.downlink.owns(cl, pk) {
 		return
 	}
 	s.Hook.OnQosComplete(cl, pk)
 }
 
 func (s *sessionStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	if s.ingest.isInjecting(cl) {
+	if s.ingest.isInjecting(cl) || s.downlink.owns(cl, pk) {
 		return
 	}
 	s.Hook.OnQosDropped(cl, pk)

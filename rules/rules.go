@@ -50,9 +50,18 @@ func (s *Set) Routes() []*Route { return s.routes }
 // ByName returns the route with that name, or nil.
 func (s *Set) ByName(name string) *Route { return s.byName[name] }
 
+// ConfirmRoute is the internal buffer route of receipt delivery
+// confirmations (receipts.confirm_topic). It is no configured route; it
+// drains first, with priority 0, so a parent's proof of delivery does not
+// wait behind telemetry.
+const ConfirmRoute = "_receipts_confirm"
+
 // Priority is the drain priority of a route by name; a route that is no longer
 // configured (its backlog outlived a reload) drains after all others.
 func (s *Set) Priority(name string) int {
+	if name == ConfirmRoute {
+		return 0
+	}
 	if r := s.byName[name]; r != nil {
 		return r.Priority
 	}

@@ -1,0 +1,266 @@
+package broker
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgegw/gateway/rules"
+)
+
+// The downlink (receipts) path:
+//
+// A downlink message is meant for exactly one client: the one whose client id
+// is the device. It never goes through mochi's topic tree, so no other
+// subscriber (terminals/+/receipts, #, a shared subscription) can see it. The
+// broker writes it straight into that client's session: a packet id from
+// mochi's allocator, the packet placed in the client's in-flight map (so mochi
+// neither reuses the id nor forgets to resend it when a persistent session is
+// taken over by a reconnect), then written to the connection. The PUBACK (or
+// PUBCOMP) comes back through OnQosComplete and is reported to the owner of the
+// outbox (receipts/), which alone decides what is pending: mochi's session
+// store never sees these packets (see sessionStore), because in v2.7.9 it
+// restores in-flight messages without their packet id.
+//
+// One message per client is in flight at a time: mochi resends in-flight
+// messages after a takeover in an order of its own, so a window of one is
+// what keeps a device's messages in order.
+
+// downlinkOrigin marks a downlink packet in mochi's in-flight map. Origin is
+// never encoded on the wire, survives Inflight.Clone on a takeover, and no
+// real client id starts with "$".
+const downlinkOrigin = "$gateway/downlink"
+
+// Errors SendDownlink returns that callers branch on.
+var (
+	// ErrNotDeliverable: the client is not connected, or has no subscription
+	// matching the topic; try again when DownlinkReady reports it.
+	ErrNotDeliverable = errors.New("broker: client not connected or not subscribed")
+	// ErrDownlinkBusy: the client has a downlink message awaiting its
+	// acknowledgement; DownlinkAcked reports when it is done.
+	ErrDownlinkBusy = errors.New("broker: a downlink message is already in flight for this client")
+)
+
+// DownlinkMessage is one message for one client.
+type DownlinkMessage struct {
+	Topic           string
+	Payload         []byte
+	QoS             byte                   // the most the client gets; lowered to its subscription's QoS
+	UserProperties  []packets.UserProperty // MQTT 5 only; dropped for 3.1.1 clients by the encoder
+	CorrelationData []byte                 // MQTT 5 only
+}
+
+// DownlinkEvents receives what happens to downlink deliveries. Methods are
+// called from client goroutines and must return quickly.
+type DownlinkEvents interface {
+	// DownlinkReady: the client's session was established or it subscribed;
+	// messages waiting for it may be sent now.
+	DownlinkReady(clientID string)
+	// DownlinkAcked: the client acknowledged the message sent with token
+	// (PUBACK for QoS 1, PUBCOMP for QoS 2).
+	DownlinkAcked(clientID string, token uint64)
+}
+
+// downlinkHook tracks the one downlink message in flight per client.
+type downlinkHook struct {
+	mqtt.HookBase
+	b      *Broker
+	events atomic.Pointer[eventsBox]
+
+	mu       sync.Mutex
+	inflight map[string]downlinkInflight // client id -> its message awaiting ack
+}
+
+type eventsBox struct{ ev DownlinkEvents }
+
+type downlinkInflight struct {
+	packetID uint16
+	token    uint64
+}
+
+func (h *downlinkHook) ID() string { return "gateway-downlink" }
+
+func (h *downlinkHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnQosComplete, mqtt.OnQosDropped:
+		return true
+	}
+	return false
+}
+
+func (h *downlinkHook) ev() DownlinkEvents {
+	if b := h.events.Load(); b != nil {
+		return b.ev
+	}
+	return nil
+}
+
+func (h *downlinkHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if ev := h.ev(); ev != nil && !cl.Net.Inline {
+		ev.DownlinkReady(cl.ID)
+	}
+}
+
+func (h *downlinkHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	ev := h.ev()
+	if ev == nil || cl.Net.Inline {
+		return
+	}
+	for _, c := range codes {
+		if c < packets.ErrUnspecifiedError.Code {
+			ev.DownlinkReady(cl.ID)
+			return
+		}
+	}
+}
+
+// OnQosComplete reports the acknowledgement of a downlink message.
+func (h *downlinkHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	h.mu.Lock()
+	f, ok := h.inflight[cl.ID]
+	if ok && f.packetID == pk.PacketID {
+		delete(h.inflight, cl.ID)
+	} else {
+		ok = false
+	}
+	h.mu.Unlock()
+	if ok {
+		if ev := h.ev(); ev != nil {
+			ev.DownlinkAcked(cl.ID, f.token)
+		}
+	}
+}
+
+// OnQosDropped forgets a message mochi dropped (clean session, expiry). On a
+// takeover of a persistent session mochi clears the old client's in-flight
+// map after copying it to the new one: the message is still in flight then.
+func (h *downlinkHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.IsTakenOver() {
+		return
+	}
+	h.mu.Lock()
+	if f, ok := h.inflight[cl.ID]; ok && f.packetID == pk.PacketID {
+		delete(h.inflight, cl.ID)
+	}
+	h.mu.Unlock()
+}
+
+// owns reports whether pk belongs to a downlink delivery, so the session store
+// keeps it out of sessions.db. Called before this hook's own OnQosComplete
+// (the session store is registered first).
+func (h *downlinkHook) owns(cl *mqtt.Client, pk packets.Packet) bool {
+	if pk.Origin == downlinkOrigin {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, ok := h.inflight[cl.ID]
+	return ok && f.packetID == pk.PacketID
+}
+
+// SetDownlinkEvents sets who hears about downlink readiness and
+// acknowledgements (the receipts component). nil stops the reports.
+func (b *Broker) SetDownlinkEvents(ev DownlinkEvents) {
+	if ev == nil {
+		b.downlink.events.Store(nil)
+		return
+	}
+	b.downlink.events.Store(&eventsBox{ev: ev})
+}
+
+// DownlinkInflight returns the token of the message in flight to clientID, if
+// any. It checks mochi's own state, so a message mochi no longer holds (its
+// session expired or was cleaned) is forgotten here too.
+func (b *Broker) DownlinkInflight(clientID string) (uint64, bool) {
+	h := b.downlink
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, ok := h.inflight[clientID]
+	if !ok {
+		return 0, false
+	}
+	if cl, found := b.server.Clients.Get(clientID); found {
+		if pk, held := cl.State.Inflight.Get(f.packetID); held && (pk.Origin == downlinkOrigin || pk.FixedHeader.Type == packets.Pubrel) {
+			return f.token, true
+		}
+	}
+	delete(h.inflight, clientID)
+	return 0, false
+}
+
+// SendDownlink delivers m to the connected client whose id is clientID, and
+// to no one else, if that client has a subscription matching m.Topic. With
+// QoS 0 (configured, or the subscription's) the message is written and
+// needs no acknowledgement: acked is true. Otherwise DownlinkAcked reports
+// the token when the client acknowledges it; until then the client has this
+// message in flight (a reconnect of a persistent session resends it).
+func (b *Broker) SendDownlink(clientID string, token uint64, m DownlinkMessage) (acked bool, err error) {
+	cl, ok := b.server.Clients.Get(clientID)
+	if !ok || cl.Net.Conn == nil || cl.Closed() || cl.Net.Inline {
+		return false, ErrNotDeliverable
+	}
+	subQoS := -1
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		if mqtt.IsSharedFilter(sub.Filter) {
+			continue // a shared subscription spreads messages over a group: not this device's own
+		}
+		if rules.MatchString(sub.Filter, m.Topic) && int(sub.Qos) > subQoS {
+			subQoS = int(sub.Qos)
+		}
+	}
+	if subQoS < 0 {
+		return false, ErrNotDeliverable
+	}
+	qos := min(m.QoS, byte(subQoS), b.server.Options.Capabilities.MaximumQos)
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+		Origin:      downlinkOrigin,
+		Created:     time.Now().Unix(), // mochi drops in-flight messages older than its maximum expiry from this
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.User = m.UserProperties
+		pk.Properties.CorrelationData = m.CorrelationData
+	}
+	if qos == 0 {
+		if err := cl.WritePacket(pk); err != nil {
+			return false, ErrNotDeliverable
+		}
+		return true, nil
+	}
+
+	h := b.downlink
+	h.mu.Lock()
+	if _, busy := h.inflight[clientID]; busy {
+		h.mu.Unlock()
+		return false, ErrDownlinkBusy
+	}
+	if cl.State.Inflight.Len() >= int(b.server.Options.Capabilities.MaximumInflight) {
+		h.mu.Unlock()
+		return false, ErrDownlinkBusy
+	}
+	id, err := cl.NextPacketID()
+	if err != nil {
+		h.mu.Unlock()
+		return false, ErrDownlinkBusy
+	}
+	pk.PacketID = uint16(id)
+	if cl.State.Inflight.Set(pk) {
+		atomic.AddInt64(&b.server.Info.Inflight, 1)
+	}
+	h.inflight[clientID] = downlinkInflight{packetID: pk.PacketID, token: token}
+	h.mu.Unlock()
+
+	// A failed write leaves the message in flight: the client is going away,
+	// and a persistent session gets it resent on reconnect (a clean one drops
+	// it, and OnQosDropped forgets it).
+	if err := cl.WritePacket(pk); err != nil {
+		b.log.Debug("downlink write failed; stays in flight", "client", clientID, "error", err)
+	}
+	return false, nil
+}
