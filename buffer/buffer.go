@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -54,6 +55,22 @@ type Options struct {
 	// AfterCommit, if set, is called after a successful commit, before any
 	// Done callback of that batch runs.
 	AfterCommit func(seqs []uint64)
+	// Limits are the initial operator rules (see SetLimits); zero = none.
+	Limits Limits
+	// JanitorInterval is how often expiry and the compaction check run
+	// (default 1s).
+	JanitorInterval time.Duration
+	// CompactMinFile: the file is compacted once it is at least this large
+	// (default 64 MiB) and less than a quarter of it holds undelivered data.
+	CompactMinFile int64
+	// Now is the clock for receive-time checks (default time.Now).
+	Now func() time.Time
+}
+
+func boltOptions() *bolt.Options {
+	// NoFreelistSync with the map freelist keeps appends fast after a large
+	// backlog has been written and deleted (the array freelist degrades ~6x).
+	return &bolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
 }
 
 // Append is one message to store. Done is called exactly once, from the
@@ -107,6 +124,16 @@ type Buffer struct {
 	closeMu sync.RWMutex // held for reading while enqueueing; Close takes it for writing
 	closed  bool
 
+	// dbMu is held for reading by every use of db and for writing while
+	// compaction swaps the file.
+	dbMu        sync.RWMutex
+	limits      atomic.Pointer[Limits]
+	now         func() time.Time
+	drops       map[string]map[string]uint64 // route -> reason -> count, guarded by mu
+	logged      sync.Map                     // route/reason already logged
+	quarantined string                       // path of a corrupt file moved aside at open, if any
+	janitorDone chan struct{}
+
 	mu      sync.Mutex // guards the fields below
 	nextSeq uint64
 	routes  map[string]*RouteStats
@@ -130,36 +157,76 @@ func Open(opts Options) (*Buffer, error) {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
+	if opts.JanitorInterval <= 0 {
+		opts.JanitorInterval = time.Second
+	}
+	if opts.CompactMinFile <= 0 {
+		opts.CompactMinFile = 64 << 20
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("buffer: %w", err)
 	}
-	// NoFreelistSync with the map freelist keeps appends fast after a large
-	// backlog has been written and deleted (the array freelist degrades ~6x).
-	db, err := bolt.Open(opts.Path, 0o600, &bolt.Options{
-		Timeout:        2 * time.Second,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("buffer: open %s: %w", opts.Path, err)
-	}
 	b := &Buffer{
-		db:     db,
-		opts:   opts,
-		log:    lg,
-		queue:  make(chan *Append, opts.QueueSize),
-		quit:   make(chan struct{}),
-		done:   make(chan struct{}),
-		routes: map[string]*RouteStats{},
-		dedup:  newDedupIndex(),
-		notify: make(chan struct{}, 1),
+		opts:        opts,
+		log:         lg,
+		now:         opts.Now,
+		queue:       make(chan *Append, opts.QueueSize),
+		quit:        make(chan struct{}),
+		done:        make(chan struct{}),
+		janitorDone: make(chan struct{}),
+		notify:      make(chan struct{}, 1),
 	}
-	if err := b.load(); err != nil {
-		db.Close()
+	b.SetLimits(opts.Limits)
+	err := b.openAndLoad()
+	if err != nil && !errors.Is(err, bolt.ErrTimeout) && !os.IsPermission(err) {
+		// A file we cannot read as a buffer must not become a crash loop:
+		// keep it for inspection and start a fresh one.
+		moved, qerr := quarantine(opts.Path, opts.Now())
+		if qerr != nil {
+			return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, qerr)
+		}
+		lg.Error("buffer: the buffer file could not be opened; moved it aside and started a fresh one",
+			"error", err, "kept_as", moved)
+		b.quarantined = moved
+		err = b.openAndLoad()
+	}
+	if err != nil {
 		return nil, err
 	}
 	go b.writer()
+	go b.janitor()
 	return b, nil
+}
+
+// openAndLoad opens the file and reads its state; bbolt panics on some
+// corruptions, which become errors here.
+func (b *Buffer) openAndLoad() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if b.db != nil {
+				b.db.Close()
+				b.db = nil
+			}
+			err = fmt.Errorf("buffer: corrupt file %s: %v", b.opts.Path, r)
+		}
+	}()
+	db, err := bolt.Open(b.opts.Path, 0o600, boltOptions())
+	if err != nil {
+		return fmt.Errorf("buffer: open %s: %w", b.opts.Path, err)
+	}
+	b.db = db
+	b.routes = map[string]*RouteStats{}
+	b.drops = map[string]map[string]uint64{}
+	b.dedup = newDedupIndex()
+	if err := b.load(); err != nil {
+		db.Close()
+		b.db = nil
+		return err
+	}
+	return nil
 }
 
 // load reads the sequence counter, the per-route backlog and the recent
@@ -295,29 +362,38 @@ func (b *Buffer) gather(batch []*Append) []*Append {
 }
 
 // commit writes one batch in one transaction and reports each outcome in
-// order, only after the commit returned.
+// order, only after the commit returned. Budgets are enforced here: a record
+// that does not fit is refused, or makes room by evicting, as its route's
+// on_full says.
 func (b *Buffer) commit(batch []*Append) {
 	results := make([]Result, len(batch))
 	b.mu.Lock()
 	seq := b.nextSeq
+	snapshot := make(map[string]int64, len(b.routes))
+	for name, st := range b.routes {
+		snapshot[name] = st.Bytes
+	}
 	b.mu.Unlock()
+	limits := b.limits.Load()
+	now := b.now()
 
 	var seqs []uint64
-	added := map[string]*RouteStats{}
+	var ch *changes
 	var newDedup []dedupEntry
+	b.dbMu.RLock()
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		seqs = seqs[:0]
-		clear(added)
+		ch = newChanges(snapshot)
 		newDedup = newDedup[:0]
 		s := seq
-		buckets := map[string]*bolt.Bucket{}
 		dd := tx.Bucket(dedupBucket)
 		var buf []byte
 		for i, a := range batch {
 			rec := &a.Record
 			results[i] = Result{}
+			var h uint64
 			if a.Dedup.ClientID != "" {
-				h := dedupHash(rec.MQTTTopic, rec.Payload)
+				h = dedupHash(rec.MQTTTopic, rec.Payload)
 				if a.Dedup.Dup {
 					if prev, ok := lookupBatch(newDedup, a.Dedup, h); ok {
 						results[i] = Result{Seq: prev, Duplicate: true}
@@ -328,42 +404,38 @@ func (b *Buffer) commit(batch []*Append) {
 						continue
 					}
 				}
+			}
+			buf = rec.marshal(buf[:0])
+			size := int64(8 + len(buf))
+			if err := b.makeRoom(tx, ch, limits, rec.Route, size, now); err != nil {
+				if errors.Is(err, ErrRouteFull) || errors.Is(err, ErrDiskFull) {
+					results[i] = Result{Err: err}
+					continue
+				}
+				return err
+			}
+			if a.Dedup.ClientID != "" {
 				e := dedupEntry{client: a.Dedup.ClientID, pid: a.Dedup.PacketID, hash: h, seq: s}
 				newDedup = append(newDedup, e)
 				if err := dd.Put(seqKey(s), e.encode()); err != nil {
 					return err
 				}
 			}
-			bk := buckets[rec.Route]
-			if bk == nil {
-				var err error
-				bk, err = tx.CreateBucketIfNotExists([]byte(routePrefix + rec.Route))
-				if err != nil {
-					return fmt.Errorf("route %q: %w", rec.Route, err)
-				}
-				buckets[rec.Route] = bk
+			bk, err := ch.bucket(tx, rec.Route)
+			if err != nil {
+				return err
 			}
-			buf = rec.marshal(buf[:0])
 			// bbolt keeps a reference to the value until commit: copy it.
 			if err := bk.Put(seqKey(s), append([]byte(nil), buf...)); err != nil {
 				return fmt.Errorf("route %q: %w", rec.Route, err)
 			}
-			st := added[rec.Route]
-			if st == nil {
-				st = &RouteStats{}
-				added[rec.Route] = st
-			}
-			st.Messages++
-			st.Bytes += int64(8 + len(buf))
-			if st.Oldest.IsZero() {
-				st.Oldest = rec.Received
-			}
+			ch.add(rec.Route, size)
 			results[i].Seq = s
 			seqs = append(seqs, s)
 			s++
 		}
-		if s == seq {
-			return nil // only duplicates: nothing to write
+		if s == seq && !ch.evicted() {
+			return nil // only duplicates or refusals: nothing to write
 		}
 		if err := tx.Bucket(metaBucket).Put(seqKeyName, seqKey(s)); err != nil {
 			return err
@@ -373,6 +445,7 @@ func (b *Buffer) commit(batch []*Append) {
 		}
 		return nil
 	})
+	b.dbMu.RUnlock()
 	if err != nil {
 		err = fmt.Errorf("buffer: commit: %w", err)
 		b.log.Error("buffer commit failed; publishes in this batch are not acknowledged", "messages", len(batch), "error", err)
@@ -383,20 +456,13 @@ func (b *Buffer) commit(batch []*Append) {
 	}
 	b.mu.Lock()
 	b.nextSeq = seq + uint64(len(seqs))
-	for route, add := range added {
-		st := b.routes[route]
-		if st == nil {
-			st = &RouteStats{}
-			b.routes[route] = st
-		}
-		st.Messages += add.Messages
-		st.Bytes += add.Bytes
-	}
+	b.apply(ch)
 	for _, e := range newDedup {
 		b.dedup.add(e)
 	}
 	prune := b.dedup.needsPrune()
 	b.mu.Unlock()
+	b.logDrops(ch)
 	if b.opts.AfterCommit != nil && len(seqs) > 0 {
 		b.opts.AfterCommit(seqs)
 	}
@@ -428,6 +494,9 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 	})
 	var out []Record
 	size := 0
+	limits, now := b.limits.Load(), b.now()
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
 	err := b.db.View(func(tx *bolt.Tx) error {
 		for _, route := range routes {
 			bk := tx.Bucket([]byte(routePrefix + route))
@@ -444,6 +513,9 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 			for ; k != nil; k, v = c.Next() {
 				if len(out) >= maxRecords || (size > 0 && size+len(v) > maxBytes) {
 					return nil
+				}
+				if b.expired(limits, route, v, now) {
+					continue
 				}
 				var r Record
 				if err := r.unmarshal(append([]byte(nil), v...)); err != nil {
@@ -470,6 +542,8 @@ func (b *Buffer) Delete(refs []Ref) error {
 		return nil
 	}
 	removed := map[string]*RouteStats{}
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		clear(removed)
 		for _, ref := range refs {
@@ -530,6 +604,8 @@ func (b *Buffer) Stats() map[string]RouteStats {
 		out[name] = RouteStats{Messages: st.Messages, Bytes: st.Bytes}
 	}
 	b.mu.Unlock()
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
 	_ = b.db.View(func(tx *bolt.Tx) error {
 		for name, st := range out {
 			if st.Messages == 0 {
@@ -560,7 +636,7 @@ func (b *Buffer) Total() (messages, bytes int64) {
 
 // FileSize is the size of the bbolt file on disk.
 func (b *Buffer) FileSize() int64 {
-	if fi, err := os.Stat(b.db.Path()); err == nil {
+	if fi, err := os.Stat(b.opts.Path); err == nil {
 		return fi.Size()
 	}
 	return 0
@@ -573,10 +649,6 @@ func (b *Buffer) NextSeq() uint64 {
 	return b.nextSeq
 }
 
-// DB exposes the underlying database for components that keep their own
-// buckets in the same file (the broker's session store, receipts).
-func (b *Buffer) DB() *bolt.DB { return b.db }
-
 // Close stops accepting appends, commits what is queued, and closes the file.
 // It is safe to call more than once.
 func (b *Buffer) Close() error {
@@ -584,11 +656,15 @@ func (b *Buffer) Close() error {
 	if b.closed {
 		b.closeMu.Unlock()
 		<-b.done
+		<-b.janitorDone
 		return nil
 	}
 	b.closed = true
 	b.closeMu.Unlock()
 	close(b.quit)
 	<-b.done
+	<-b.janitorDone
+	b.dbMu.Lock()
+	defer b.dbMu.Unlock()
 	return b.db.Close()
 }

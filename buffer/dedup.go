@@ -131,6 +131,8 @@ func (d *dedupIndex) needsPrune() bool { return d.logN > 2*dedupLogKeep }
 // pruneDedup trims the on-disk log to its newest dedupLogKeep entries.
 func (b *Buffer) pruneDedup() {
 	var removed int
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		removed = 0
 		bk := tx.Bucket(dedupBucket)

@@ -1,0 +1,284 @@
+package buffer
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func limits(global int64, routes map[string]Policy) Limits {
+	return Limits{MaxDiskBytes: global, Routes: func(r string) (Policy, bool) { p, ok := routes[r]; return p, ok }}
+}
+
+func sized(route string, i int, n int) Record {
+	r := rec(route, "c", i)
+	r.Payload = bytes.Repeat([]byte{'x'}, n)
+	return r
+}
+
+func recSize(r Record) int64 { return int64(8 + len(r.marshal(nil))) }
+
+func TestRouteBudgetReject(t *testing.T) {
+	one := recSize(sized("pay", 0, 1000))
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{Limits: limits(0, map[string]Policy{
+		"pay": {MaxBytes: 3 * one, OnFull: "reject"},
+	})})
+	for i := 0; i < 3; i++ {
+		if _, err := b.AppendWait(sized("pay", i, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.AppendWait(sized("pay", 3, 1000)); !errors.Is(err, ErrRouteFull) {
+		t.Fatalf("4th record into a full reject route: %v", err)
+	}
+	if st := b.Stats()["pay"]; st.Messages != 3 {
+		t.Fatalf("reject route lost data: %+v", st)
+	}
+}
+
+func TestRouteBudgetDropOldest(t *testing.T) {
+	one := recSize(sized("tele", 0, 1000))
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{Limits: limits(0, map[string]Policy{
+		"tele": {MaxBytes: 3 * one, OnFull: "drop_oldest"},
+	})})
+	for i := 0; i < 5; i++ {
+		if _, err := b.AppendWait(sized("tele", i, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, _ := b.Read(nil, prio(nil), 10, 1<<20)
+	if len(recs) != 3 || recs[0].Received.Nanosecond() != 2 {
+		t.Fatalf("want the newest 3 (from #2), got %d starting at #%d", len(recs), recs[0].Received.Nanosecond())
+	}
+	if d := b.Drops()["tele"][DropDropOldest]; d != 2 {
+		t.Fatalf("drop_oldest counted %d, want 2", d)
+	}
+}
+
+// At the global budget, space comes from drop_oldest routes, lowest priority
+// first; a reject route's data is never evicted.
+func TestGlobalBudgetEvictionOrder(t *testing.T) {
+	// exactly six records' worth (route names make sizes differ by a byte)
+	budget := 2 * (recSize(sized("pay", 0, 1000)) + recSize(sized("tele", 0, 1000)) + recSize(sized("bulk", 0, 1000)))
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{Limits: limits(budget, map[string]Policy{
+		"pay":  {Priority: 0, OnFull: "reject"},
+		"tele": {Priority: 5, OnFull: "drop_oldest"},
+		"bulk": {Priority: 9, OnFull: "drop_oldest"},
+	})})
+	for i, route := range []string{"pay", "pay", "tele", "tele", "bulk", "bulk"} {
+		if _, err := b.AppendWait(sized(route, i, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// full: a payment evicts bulk first (priority 9), then telemetry
+	for i := 0; i < 3; i++ {
+		if _, err := b.AppendWait(sized("pay", 10+i, 1000)); err != nil {
+			t.Fatalf("payment %d: %v", i, err)
+		}
+	}
+	st := b.Stats()
+	if st["bulk"].Messages != 0 || st["tele"].Messages != 1 || st["pay"].Messages != 5 {
+		t.Fatalf("eviction order wrong: %+v", st)
+	}
+	// only a reject route's data left to take: refused, never evicted
+	b.AppendWait(sized("pay", 20, 1000))
+	if _, err := b.AppendWait(sized("pay", 21, 1000)); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("want ErrDiskFull, got %v", err)
+	}
+	if st := b.Stats()["pay"]; st.Messages != 6 {
+		t.Fatalf("payments evicted: %+v", st)
+	}
+	if _, err := b.AppendWait(sized("tele", 30, 1000)); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("telemetry into a disk full of payments: %v", err)
+	}
+	d := b.Drops()
+	if d["bulk"][DropDropOldest] != 2 || d["tele"][DropDropOldest] != 2 || len(d["pay"]) != 0 {
+		t.Fatalf("drops %v", d)
+	}
+}
+
+// max_age: exactly the records older than the limit are dropped and counted,
+// and the drain never hands out an expired record.
+func TestMaxAgeExpiry(t *testing.T) {
+	var now atomic.Int64
+	base := time.Unix(1700000000, 0)
+	now.Store(base.UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{
+		Now:             clock,
+		JanitorInterval: time.Hour, // expiry driven by the test
+		Limits: limits(0, map[string]Policy{
+			"tele": {MaxAge: 24 * time.Hour, OnFull: "drop_oldest"},
+			"pay":  {OnFull: "reject"},
+		}),
+	})
+	for i := 0; i < 10; i++ {
+		r := rec("tele", "c", i)
+		r.Received = base.Add(time.Duration(i) * time.Hour) // 0h..9h
+		b.AppendWait(r)
+		p := rec("pay", "c", i)
+		p.Received = base
+		b.AppendWait(p)
+	}
+	now.Store(base.Add(24*time.Hour + 4*time.Hour + time.Second).UnixNano()) // 0h..4h are past 24h
+	recs, _ := b.Read(nil, prio(map[string]int{"pay": 0, "tele": 5}), 100, 1<<20)
+	tele := 0
+	for _, r := range recs {
+		if r.Route == "tele" {
+			tele++
+			if clock().Sub(r.Received) > 24*time.Hour {
+				t.Fatalf("expired record handed to the drain: %v", r.Received)
+			}
+		}
+	}
+	if tele != 5 {
+		t.Fatalf("drain sees %d telemetry, want 5", tele)
+	}
+	if err := b.expire(); err != nil {
+		t.Fatal(err)
+	}
+	if d := b.Drops()["tele"][DropMaxAge]; d != 5 {
+		t.Fatalf("max_age drops %d, want exactly 5", d)
+	}
+	st := b.Stats()
+	if st["tele"].Messages != 5 || st["pay"].Messages != 10 {
+		t.Fatalf("after expiry %+v", st)
+	}
+}
+
+// Compaction gives the space of a drained backlog back to the filesystem
+// while appends continue; nothing is lost.
+func TestCompactionWhileAppending(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	b := open(t, path, Options{JanitorInterval: time.Hour})
+	payload := bytes.Repeat([]byte("p"), 200)
+	fill := func(n int) {
+		var wg sync.WaitGroup
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			b.Append(&Append{Record: Record{Route: "r", Received: time.Now(), KafkaTopic: "t", Key: []byte("k"), Payload: payload},
+				Done: func(Result) { wg.Done() }})
+		}
+		wg.Wait()
+	}
+	fill(200_000)
+	drain := func() {
+		for {
+			recs, _ := b.Read(nil, prio(nil), 50_000, 64<<20)
+			if len(recs) == 0 {
+				return
+			}
+			refs := make([]Ref, len(recs))
+			for i, r := range recs {
+				refs[i] = Ref{Route: r.Route, Seq: r.Seq}
+			}
+			b.Delete(refs)
+		}
+	}
+	drain()
+
+	// appends during compaction must all be acknowledged and kept
+	stop := make(chan struct{})
+	var acked atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := b.AppendWait(Record{Route: "live", Received: time.Now(), KafkaTopic: "t", Payload: payload}); err != nil {
+				t.Error(err)
+				return
+			}
+			acked.Add(1)
+		}
+	}()
+	testPoll(t, func() bool { return acked.Load() > 50 })
+	st, err := b.Compact()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testPoll(t, func() bool { return acked.Load() > st2(acked.Load()) })
+	close(stop)
+	wg.Wait()
+	t.Logf("compaction: %d -> %d bytes, paused %v", st.Before, st.After, st.Paused)
+	if st.After*2 > st.Before {
+		t.Fatalf("file not shrunk: %d -> %d", st.Before, st.After)
+	}
+	if n, _ := b.Total(); n != acked.Load() {
+		t.Fatalf("after compaction %d records, %d acknowledged", n, acked.Load())
+	}
+	if fi, _ := os.Stat(path); fi.Size() != b.FileSize() {
+		t.Fatal("size mismatch")
+	}
+	// still fully usable, and survives a reopen
+	b.Close()
+	b2 := open(t, path, Options{})
+	if n, _ := b2.Total(); n != acked.Load() {
+		t.Fatalf("after reopen %d, want %d", n, acked.Load())
+	}
+}
+
+func st2(n int64) int64 { return n - 1 }
+
+func testPoll(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A corrupt or unopenable buffer file is moved aside and a fresh one is
+// started: never a crash loop.
+func TestCorruptFileQuarantined(t *testing.T) {
+	for name, content := range map[string][]byte{
+		"garbage":   bytes.Repeat([]byte("not a bolt file "), 4096),
+		"truncated": nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "b.db")
+			if content == nil {
+				b, _ := Open(Options{Path: path})
+				for i := 0; i < 100; i++ {
+					b.AppendWait(rec("r", "c", i))
+				}
+				b.Close()
+				data, _ := os.ReadFile(path)
+				// keep the header pages, lose the rest, then scribble on a meta page
+				data = data[:8192]
+				copy(data[4096+16:], bytes.Repeat([]byte{0xff}, 64))
+				copy(data[16:], bytes.Repeat([]byte{0xff}, 64))
+				content = data
+			}
+			os.WriteFile(path, content, 0o600)
+			b, err := Open(Options{Path: path})
+			if err != nil {
+				t.Fatalf("open failed instead of quarantining: %v", err)
+			}
+			defer b.Close()
+			if b.Quarantined() == "" {
+				t.Fatal("not reported as quarantined")
+			}
+			if _, err := os.Stat(b.Quarantined()); err != nil {
+				t.Fatalf("quarantined file not kept: %v", err)
+			}
+			if _, err := b.AppendWait(rec("r", "c", 1)); err != nil {
+				t.Fatalf("fresh buffer unusable: %v", err)
+			}
+		})
+	}
+}
