@@ -492,3 +492,52 @@ func TestSessionsSurviveRestart(t *testing.T) {
 		t.Fatal("subscription lost across restart")
 	}
 }
+
+// A full reject route refuses: MQTT 5 gets 0x97 (quota exceeded), 3.1.1 is
+// disconnected; nothing already stored is lost; drop_oldest keeps accepting.
+func TestFullRouteRefusesOrEvicts(t *testing.T) {
+	e := start(t, "", "", buffer.Options{Limits: buffer.Limits{Routes: func(r string) (buffer.Policy, bool) {
+		switch r {
+		case "payments":
+			return buffer.Policy{MaxBytes: 400, OnFull: "reject"}, true
+		case "telemetry":
+			return buffer.Policy{MaxBytes: 400, Priority: 5, OnFull: "drop_oldest"}, true
+		}
+		return buffer.Policy{}, false
+	}}})
+	v5 := dialRaw(t, e.addr, 5, "term-f", true)
+	stored := 0
+	for i := 1; ; i++ {
+		v5.publish(1, uint16(i), false, "terminals/term-f/payments/1", []byte("payment-payload-of-some-size"))
+		pid, code := v5.expectPuback()
+		if pid != uint16(i) {
+			t.Fatal(pid)
+		}
+		if code == 0x97 {
+			break
+		}
+		if code != 0 || i > 100 {
+			t.Fatalf("publish %d: code %#x", i, code)
+		}
+		stored++
+	}
+	v3 := dialRaw(t, e.addr, 4, "term-g", true)
+	v3.publish(1, 1, false, "terminals/term-g/payments/1", []byte("payment-payload-of-some-size"))
+	v3.expectClosed()
+	if st := e.buf.Stats()["payments"]; st.Messages != int64(stored) {
+		t.Fatalf("payments stored %d, acknowledged %d", st.Messages, stored)
+	}
+	tele := dialRaw(t, e.addr, 4, "term-h", true)
+	for i := 1; i <= 50; i++ {
+		tele.publish(1, uint16(i), false, "terminals/term-h/telemetry/1", []byte("telemetry-payload-of-some-size"))
+		if _, code := tele.expectPuback(); code != 0 {
+			t.Fatal(code)
+		}
+	}
+	if d := e.buf.Drops()["telemetry"][buffer.DropDropOldest]; d == 0 {
+		t.Fatal("drop_oldest route did not evict")
+	}
+	if e.brk.Refused()["payments"] != 2 {
+		t.Fatalf("refusals counted: %v", e.brk.Refused())
+	}
+}

@@ -183,11 +183,15 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 		case f.code.Code != 0:
 			b.refuse(cl, f.pk, f.code)
 		case r.Err != nil:
-			b.countRefused(f.route, "write_failed")
-			code := packets.ErrUnspecifiedError
-			if errors.Is(r.Err, buffer.ErrClosed) {
+			reason, code := "write_failed", packets.ErrUnspecifiedError
+			switch {
+			case errors.Is(r.Err, buffer.ErrRouteFull), errors.Is(r.Err, buffer.ErrDiskFull):
+				// the route's on_full is reject: the terminal keeps the message
+				reason, code = "full", packets.ErrQuotaExceeded
+			case errors.Is(r.Err, buffer.ErrClosed):
 				code = packets.ErrServerShuttingDown
 			}
+			b.countRefused(f.route, reason)
 			b.refuse(cl, f.pk, code)
 		default:
 			if f.route != "" {
