@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,20 +19,32 @@ import (
 	"github.com/edgegw/gateway/broker"
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/receipts"
 	"github.com/edgegw/gateway/rules"
 )
 
 // gateway holds the running components. Start order: buffer, admin, broker,
-// bridge. Stop order is the reverse, with the database last: broker
-// (listeners, then the ackers finishing their commits), bridge (in-flight
-// Kafka sends), admin, buffer.
+// receipts, bridge. Stop order, with the database last: broker (listeners,
+// then the ackers finishing their commits), receipts (no terminal can ack any
+// more: it commits the offsets of what it stored and appends the last
+// confirmations to the still-open buffer), bridge (in-flight Kafka sends),
+// admin, buffer.
 type gateway struct {
 	log   *slog.Logger
 	buf   *buffer.Buffer
 	brk   *broker.Broker
 	brg   *bridge.Bridge
+	rcp   *receipts.Receipts
 	adm   *admin.Server
-	rules *rules.Set
+	rules atomic.Pointer[rules.Set] // swapped by a reload
+
+	// Hot reload (reload.go): the config in force, the registry its
+	// metrics go to, the file watcher, and extra appliers for parts that
+	// follow a reload (e.g. the buffer's budgets).
+	cfg      atomic.Pointer[config.Config]
+	reg      *prometheus.Registry
+	reloader *reloader
+	onReload []func(*config.Config)
 
 	stopOnce sync.Once
 	stopErr  error
@@ -49,13 +62,16 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 // startGateway starts every component; on failure it stops what started.
 func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) {
-	g := &gateway{log: log, rules: rules.Compile(cfg)}
+	g := &gateway{log: log}
+	g.rules.Store(rules.Compile(cfg))
+	g.cfg.Store(cfg)
 	defer func() {
 		if err != nil {
 			g.stop()
 		}
 	}()
 	reg := prometheus.NewRegistry()
+	g.reg = reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	g.buf, err = buffer.Open(buffer.Options{
@@ -67,7 +83,7 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	}
 	g.brk, err = broker.New(broker.Options{
 		Config:     cfg,
-		Rules:      g.rules,
+		Rules:      g.rules.Load(),
 		Buffer:     g.buf,
 		Logger:     log.With("component", "broker"),
 		Registerer: reg,
@@ -79,8 +95,18 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 		Kafka:      cfg.Kafka,
 		GatewayID:  cfg.ID,
 		Link:       cfg.Link,
-		Priority:   g.rules.Priority,
+		Priority:   g.rules.Load().Priority,
 		Logger:     log.With("component", "bridge"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.rcp, err = receipts.New(receipts.Options{
+		Config:     cfg,
+		Broker:     g.brk,
+		Buffer:     g.buf,
+		Logger:     log.With("component", "receipts"),
 		Registerer: reg,
 	})
 	if err != nil {
@@ -98,6 +124,7 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	if err = g.brk.Start(); err != nil {
 		return nil, err
 	}
+	g.rcp.Start()
 	g.brg.Start()
 	log.Info("gateway started", "id", cfg.ID, "mqtt", g.brk.Addr("tcp"), "admin", cfg.Admin.Address,
 		"kafka", cfg.Kafka.Brokers, "data_dir", cfg.DataDir, "backlog", backlogCount(g.buf))
@@ -113,7 +140,7 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		Ready:     func() bool { return g.brk != nil && g.brk.Listening() },
 		Routes: func() []admin.RouteInfo {
 			var out []admin.RouteInfo
-			for _, r := range g.rules.Routes() {
+			for _, r := range g.rules.Load().Routes() {
 				out = append(out, admin.RouteInfo{Name: r.Name, Match: r.Match, KafkaTopic: r.KafkaTopic,
 					Priority: r.Priority, MaxAge: r.MaxAge, MaxBytes: r.MaxBytes, OnFull: r.OnFull})
 			}
@@ -138,7 +165,9 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,
 				LastError: l.LastError, RecentRate: l.RecentRate}
 		},
-		Gatherer: reg,
+		ReceiptsPending: g.rcp.Pending,
+		Gatherer:        reg,
+		Config:          g.runningConfig,
 	}
 }
 
@@ -146,8 +175,12 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 func (g *gateway) stop() error {
 	g.stopOnce.Do(func() {
 		var errs []error
+		g.reloader.close() // no reload during shutdown
 		if g.brk != nil {
 			errs = append(errs, g.brk.Close())
+		}
+		if g.rcp != nil {
+			errs = append(errs, g.rcp.Close())
 		}
 		if g.brg != nil {
 			errs = append(errs, g.brg.Close())
