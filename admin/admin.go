@@ -59,6 +59,9 @@ type Sources struct {
 	// Gatherer holds everyone else's metrics; served on /metrics next to
 	// admin's own gauges. Nil serves admin's gauges only.
 	Gatherer prometheus.Gatherer
+	// Config is the running configuration as key path -> value with
+	// secrets redacted, served on GET /config; nil: 404.
+	Config func() map[string]string
 }
 
 // RouteInfo is one configured route, as far as the admin endpoint shows it.
@@ -149,6 +152,7 @@ func New(addr string, src Sources, logger *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /status", s.status)
+	mux.HandleFunc("GET /config", s.config)
 	// Profiles for diagnosing a box in the field; the admin endpoint listens
 	// on loopback by default.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

@@ -28,6 +28,9 @@ var (
 const usage = `usage:
   gateway run --config FILE      run until SIGINT/SIGTERM
   gateway check --config FILE    validate a config file
+  gateway check --config FILE --against ADDR
+                                 and show what it would change in the gateway
+                                 running behind admin address ADDR
   gateway status [--admin ADDR]  summary from a running gateway's admin endpoint
   gateway version                version, commit, Go version, platform
 `
@@ -101,6 +104,9 @@ func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, i
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	if wantsAgainst(args) {
+		return cmdCheckAgainst(args, stdout, stderr)
+	}
 	if _, code := loadConfig("check", args, stdout); code != exitOK {
 		return code
 	}
@@ -113,10 +119,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return code
 	}
-	log := newLogger(cfg.Log, stderr)
+	logs := newLogSwitch(cfg.Log, stderr)
+	log := logs.logger()
 	gw, err := startGateway(cfg, log)
 	if err != nil {
 		log.Error("gateway failed to start", "error", err)
+		return exitFailure
+	}
+	if err := gw.watchConfig(configFlag(args), logs); err != nil {
+		log.Error("config file watch failed to start", "error", err)
+		gw.stop()
 		return exitFailure
 	}
 	sig := make(chan os.Signal, 1)

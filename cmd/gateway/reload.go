@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgegw/gateway/admin"
+	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/rules"
+)
+
+// Hot reload (CONTRACT §2): a changed config file is validated with the same
+// code as at start; a file that does not validate changes nothing (DESIGN
+// invariant 7). Of a valid file, routes, unrouted, buffer, link, acl and log
+// are applied at once; every other changed key is logged as needing a
+// restart and left as it runs. Buffered messages keep the Kafka topic and
+// key stored with them; priority follows the new routes by name.
+
+// logSwitch is the process log handler; a reload may change its level and
+// its format (text or JSON). Loggers derived with With keep working across
+// a format change.
+type logSwitch struct {
+	w     io.Writer
+	level slog.LevelVar
+	cur   atomic.Pointer[slog.Handler]
+}
+
+func newLogSwitch(c config.Log, w io.Writer) *logSwitch {
+	ls := &logSwitch{w: w}
+	ls.set(c)
+	return ls
+}
+
+// set applies a log config (level and format).
+func (ls *logSwitch) set(c config.Log) {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
+	ls.level.Set(level)
+	opts := &slog.HandlerOptions{Level: &ls.level}
+	var h slog.Handler
+	if c.Format == "json" {
+		h = slog.NewJSONHandler(ls.w, opts)
+	} else {
+		h = slog.NewTextHandler(ls.w, opts)
+	}
+	ls.cur.Store(&h)
+}
+
+func (ls *logSwitch) logger() *slog.Logger { return slog.New(&switchHandler{ls: ls}) }
+
+// switchHandler forwards to the logSwitch's current handler with the
+// attributes and groups it was derived with, replayed in order.
+type switchHandler struct {
+	ls  *logSwitch
+	ops []func(slog.Handler) slog.Handler
+
+	cache atomic.Pointer[derivedHandler]
+}
+
+type derivedHandler struct {
+	base *slog.Handler
+	h    slog.Handler
+}
+
+func (s *switchHandler) Enabled(_ context.Context, l slog.Level) bool {
+	return l >= s.ls.level.Level()
+}
+
+func (s *switchHandler) handler() slog.Handler {
+	base := s.ls.cur.Load()
+	if d := s.cache.Load(); d != nil && d.base == base {
+		return d.h
+	}
+	h := *base
+	for _, op := range s.ops {
+		h = op(h)
+	}
+	s.cache.Store(&derivedHandler{base: base, h: h})
+	return h
+}
+
+func (s *switchHandler) Handle(ctx context.Context, r slog.Record) error {
+	return s.handler().Handle(ctx, r)
+}
+
+func (s *switchHandler) with(op func(slog.Handler) slog.Handler) slog.Handler {
+	ops := append(append([]func(slog.Handler) slog.Handler(nil), s.ops...), op)
+	return &switchHandler{ls: s.ls, ops: ops}
+}
+
+func (s *switchHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return s.with(func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })
+}
+
+func (s *switchHandler) WithGroup(name string) slog.Handler {
+	return s.with(func(h slog.Handler) slog.Handler { return h.WithGroup(name) })
+}
+
+// reloader applies config file changes to a running gateway.
+type reloader struct {
+	g    *gateway
+	path string
+	log  *slog.Logger
+	logs *logSwitch
+	w    *config.Watcher
+
+	mu sync.Mutex // one reload at a time
+
+	ok, failed  prometheus.Counter
+	lastOK      prometheus.Gauge
+	lastSuccess prometheus.Gauge
+}
+
+// watchConfig starts applying changes of the file at path to g. The
+// gateway's stop closes the watcher first.
+func (g *gateway) watchConfig(path string, logs *logSwitch) error {
+	r := &reloader{
+		g:    g,
+		path: path,
+		log:  g.log.With("component", "config"),
+		logs: logs,
+		ok: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_config_reloads_total",
+			Help: "Config file changes applied (including changes that only need a restart, which are logged).",
+		}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_config_reload_failures_total",
+			Help: "Config file changes refused because the file did not validate; the running config stayed.",
+		}),
+		lastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gateway_config_last_reload_successful",
+			Help: "1 if the config file on disk is the one running (its last change validated), 0 if it was refused.",
+		}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gateway_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time the config was last loaded successfully (at start or by a reload).",
+		}),
+	}
+	r.lastOK.Set(1)
+	r.lastSuccess.SetToCurrentTime()
+	if g.reg != nil {
+		for _, c := range []prometheus.Collector{r.ok, r.failed, r.lastOK, r.lastSuccess} {
+			if err := g.reg.Register(c); err != nil {
+				return fmt.Errorf("config reload metrics: %w", err)
+			}
+		}
+	}
+	w, err := config.Watch(path, config.WatchOptions{Logger: r.log}, r.changed)
+	if err != nil {
+		return err
+	}
+	r.w = w
+	g.reloader = r
+	r.log.Info("watching config file for changes", "path", path)
+	return nil
+}
+
+func (r *reloader) close() {
+	if r != nil && r.w != nil {
+		r.w.Close()
+	}
+}
+
+// changed is the watcher's callback: one call per distinct file content.
+func (r *reloader) changed(next *config.Config, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.failed.Inc()
+		r.lastOK.Set(0)
+		var problems config.Problems
+		if errors.As(err, &problems) {
+			r.log.Error("config file changed but does not validate; keeping the running config",
+				"path", r.path, "problems", strings.Join(problems, "; "))
+		} else {
+			r.log.Error("config file changed but cannot be loaded; keeping the running config", "path", r.path, "error", err)
+		}
+		return
+	}
+	r.apply(next)
+	r.ok.Inc()
+	r.lastOK.Set(1)
+	r.lastSuccess.SetToCurrentTime()
+}
+
+// apply swaps in the hot-reloadable parts of next and logs the rest.
+func (r *reloader) apply(next *config.Config) {
+	g := r.g
+	running := g.cfg.Load()
+	var hot, restart []string
+	for _, c := range config.Diff(running, next) {
+		if c.Hot {
+			hot = append(hot, c.String())
+		} else {
+			restart = append(restart, c.Key)
+		}
+	}
+	if running.Kafka.SASL.Password != next.Kafka.SASL.Password {
+		restart = append(restart, "kafka.sasl.password") // redacted in the diff, compared here
+	}
+	if len(restart) > 0 {
+		r.log.Warn("config keys changed that need a restart; not applied", "keys", strings.Join(restart, ", "))
+	}
+	if len(hot) == 0 {
+		r.log.Info("config file changed; nothing to apply without a restart", "path", r.path)
+		return
+	}
+	eff := config.WithRestartKeys(next, running)
+	g.applyHot(eff)
+	if r.logs != nil {
+		r.logs.set(eff.Log)
+	}
+	g.cfg.Store(eff)
+	r.log.Info("config reloaded", "path", r.path, "changes", strings.Join(hot, "; "))
+}
+
+// applyHot swaps every hot-reloadable part of cfg into the running
+// components. Rules first: new publishes route by them at once; the drain
+// ranks the backlog by the new priorities from its next batch.
+func (g *gateway) applyHot(cfg *config.Config) {
+	rs := rules.Compile(cfg)
+	g.rules.Store(rs)
+	if g.brk != nil {
+		g.brk.SetRules(rs)
+		g.brk.SetACL(cfg.ACL)
+	}
+	if g.brg != nil {
+		g.brg.SetPriority(rs.Priority)
+		g.brg.SetLink(cfg.Link)
+	}
+	for _, f := range g.onReload {
+		f(cfg)
+	}
+}
+
+// runningConfig is the config in force, flattened with secrets redacted,
+// for GET /config.
+func (g *gateway) runningConfig() map[string]string { return config.Flatten(g.cfg.Load()) }
+
+// configFlag returns the --config argument of args ("" if none).
+func configFlag(args []string) string {
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	path := fs.String("config", "", "")
+	_ = fs.Parse(args)
+	return *path
+}
+
+// wantsAgainst reports whether check was asked for a dry-run diff.
+func wantsAgainst(args []string) bool {
+	for _, a := range args {
+		if a == "--against" || a == "-against" || strings.HasPrefix(a, "--against=") || strings.HasPrefix(a, "-against=") {
+			return true
+		}
+	}
+	return false
+}
+
+// cmdCheckAgainst is `gateway check --config FILE --against ADDR`: validate
+// the file, then print what it would change in the gateway running behind
+// the admin endpoint ADDR, one line per key, each marked hot reload or needs
+// restart. Exit 0 (valid, whatever the diff), 2 invalid, 1 unreachable.
+func cmdCheckAgainst(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("check", stderr)
+	path := fs.String("config", "", "path to the YAML config file")
+	addr := fs.String("against", "", "admin address of a running gateway to diff against")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *path == "" || *addr == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "gateway check: --config FILE is required; --against takes the admin address of a running gateway")
+		return exitUsage
+	}
+	cfg, code := loadConfig("check", []string{"--config", *path}, stdout)
+	if code != exitOK {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	running, err := admin.FetchConfig(ctx, *addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway check: %v\n", err)
+		return exitFailure
+	}
+	changes := config.DiffFlat(running, config.Flatten(cfg))
+	if len(changes) == 0 {
+		fmt.Fprintln(stdout, "ok: no changes against the running gateway")
+		return exitOK
+	}
+	nHot := 0
+	for _, c := range changes {
+		if c.Hot {
+			nHot++
+		}
+		fmt.Fprintln(stdout, c.String())
+	}
+	fmt.Fprintf(stdout, "ok: %d changes: %d hot reload, %d need a restart\n", len(changes), nHot, len(changes)-nHot)
+	return exitOK
+}
