@@ -80,6 +80,7 @@ type eventsBox struct{ ev DownlinkEvents }
 type downlinkInflight struct {
 	packetID uint16
 	token    uint64
+	cl       *mqtt.Client // the client object it was written to
 }
 
 func (h *downlinkHook) ID() string { return "gateway-downlink" }
@@ -118,20 +119,28 @@ func (h *downlinkHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []
 	}
 }
 
-// OnQosComplete reports the acknowledgement of a downlink message.
+// OnQosComplete reports the acknowledgement of a downlink message. The
+// owner hears of the ack before the client stops counting as busy, and is
+// told it is ready afterwards: whoever looks in between sees either "busy" or
+// "acknowledged", never a message that seems to need sending again.
 func (h *downlinkHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	h.mu.Lock()
 	f, ok := h.inflight[cl.ID]
-	if ok && f.packetID == pk.PacketID {
+	h.mu.Unlock()
+	if !ok || f.packetID != pk.PacketID {
+		return
+	}
+	ev := h.ev()
+	if ev != nil {
+		ev.DownlinkAcked(cl.ID, f.token)
+	}
+	h.mu.Lock()
+	if g, ok := h.inflight[cl.ID]; ok && g.packetID == f.packetID && g.token == f.token {
 		delete(h.inflight, cl.ID)
-	} else {
-		ok = false
 	}
 	h.mu.Unlock()
-	if ok {
-		if ev := h.ev(); ev != nil {
-			ev.DownlinkAcked(cl.ID, f.token)
-		}
+	if ev != nil {
+		ev.DownlinkReady(cl.ID)
 	}
 }
 
@@ -183,11 +192,22 @@ func (b *Broker) DownlinkInflight(clientID string) (uint64, bool) {
 	if !ok {
 		return 0, false
 	}
-	if cl, found := b.server.Clients.Get(clientID); found {
+	cl, found := b.server.Clients.Get(clientID)
+	switch {
+	case found && cl == f.cl:
+		// Still the same session object: trust the record. mochi removes the
+		// packet from its map just before reporting the PUBACK, so its absence
+		// there means the acknowledgement is on its way, not that it is lost.
+		return f.token, true
+	case found:
+		// A takeover copies the in-flight map to the new client object.
 		if pk, held := cl.State.Inflight.Get(f.packetID); held && (pk.Origin == downlinkOrigin || pk.FixedHeader.Type == packets.Pubrel) {
+			f.cl = cl
+			h.inflight[clientID] = f
 			return f.token, true
 		}
 	}
+	// The session is gone (expired) or was replaced by one without it.
 	delete(h.inflight, clientID)
 	return 0, false
 }
@@ -253,7 +273,7 @@ func (b *Broker) SendDownlink(clientID string, token uint64, m DownlinkMessage) 
 	if cl.State.Inflight.Set(pk) {
 		atomic.AddInt64(&b.server.Info.Inflight, 1)
 	}
-	h.inflight[clientID] = downlinkInflight{packetID: pk.PacketID, token: token}
+	h.inflight[clientID] = downlinkInflight{packetID: pk.PacketID, token: token, cl: cl}
 	h.mu.Unlock()
 
 	// A failed write leaves the message in flight: the client is going away,

@@ -108,6 +108,11 @@ type Receipts struct {
 	acked   map[ref]bool
 	acks    chan ref
 	closeMu sync.RWMutex // held for reading while sending on acks; Close closes it under the write lock
+	// viewMu is held for reading around each outbox read that skips acked
+	// receipts. A read that began before a removal committed still sees the
+	// removed receipt, so the finisher forgets an acked receipt only after
+	// taking it for writing: no read from before the removal is left then.
+	viewMu sync.RWMutex
 	aclosed bool
 
 	started   atomic.Bool
@@ -370,7 +375,9 @@ func (r *Receipts) deliver(dev string) {
 	}
 	cutoff := time.Now().Add(-r.cfg.MaxAge)
 	for r.ctx.Err() == nil {
+		r.viewMu.RLock()
 		rc, ok, err := r.box.next(dev, r.isAcked(dev))
+		r.viewMu.RUnlock()
 		if err != nil {
 			r.logs.warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
 			return
@@ -496,11 +503,13 @@ func (r *Receipts) finish(batch []ref) {
 			r.logs.warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
 		}
 	}
+	r.viewMu.Lock()
 	r.amu.Lock()
 	for _, rf := range batch {
 		delete(r.acked, rf)
 	}
 	r.amu.Unlock()
+	r.viewMu.Unlock()
 	seen := map[string]bool{}
 	for _, rf := range batch {
 		if !seen[rf.Device] {
