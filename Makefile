@@ -24,6 +24,7 @@ build:
 	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
 	$(GO) build -o $(BIN)/benchbroker ./cmd/benchbroker
 	$(GO) build -o $(BIN)/kafkatail ./cmd/kafkatail
+	$(GO) build -o $(BIN)/payproc ./cmd/payproc
 
 # Local Kafka-protocol cluster (kfake, data in ./.devkafka) on 127.0.0.1:9092
 # plus the gateway with config.example.yaml; Ctrl-C stops both.

@@ -112,7 +112,7 @@ type Receipts struct {
 	// receipts. A read that began before a removal committed still sees the
 	// removed receipt, so the finisher forgets an acked receipt only after
 	// taking it for writing: no read from before the removal is left then.
-	viewMu sync.RWMutex
+	viewMu  sync.RWMutex
 	aclosed bool
 
 	started   atomic.Bool

@@ -368,4 +368,3 @@ func TestStoreIsIdempotent(t *testing.T) {
 		t.Fatalf("next: %+v %v %v", rc, ok, err)
 	}
 }
-

@@ -12,10 +12,12 @@ CONFIG=${CONFIG:-config.example.yaml}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 DATA=${DEVKAFKA_DATA:-./.devkafka}
 KAFKA_PID=
+PAYPROC_PID=
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 cleanup() {
+	if [ -n "$PAYPROC_PID" ]; then kill -TERM "$PAYPROC_PID" 2>/dev/null || true; fi
 	if [ -n "$KAFKA_PID" ] && kill -0 "$KAFKA_PID" 2>/dev/null; then
 		echo "stopping devkafka (pid $KAFKA_PID)" >&2
 		kill -TERM "$KAFKA_PID" 2>/dev/null || true
@@ -43,6 +45,12 @@ else
 	done
 fi
 
+# The sample payment processor answers each payment with a receipt on
+# receipts.<gateway id>, which the gateway delivers back to the terminal.
+mkdir -p "$DATA"
+bin/payproc -brokers "127.0.0.1:$KAFKA_PORT" 2>"$DATA/payproc.log" &
+PAYPROC_PID=$!
+
 if command -v kcat >/dev/null 2>&1; then
 	READ="kcat -b 127.0.0.1:$KAFKA_PORT -C -t payments -f '%k %h %s\\n' -e"
 elif command -v kafkacat >/dev/null 2>&1; then
@@ -54,6 +62,10 @@ cat <<EOM
 
 Kafka (devkafka) on 127.0.0.1:$KAFKA_PORT, data in $DATA. Starting the gateway with $CONFIG.
 
+Wait for the receipt as the paying terminal (receipts go only to the client whose id is the
+device; mosquitto_sub reconnects after mosquitto_pub briefly takes its session; payproc logs
+to $DATA/payproc.log):
+  mosquitto_sub -h 127.0.0.1 -p 1883 -q 1 -i term-1 -c -t terminals/term-1/receipts -v
 Publish as a terminal (another shell):
   mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -i term-1 -t terminals/term-1/payments/p1 -m '{"amount":1200}'
 Read what landed in Kafka:
