@@ -62,6 +62,7 @@ cat <<EOM
 
 Kafka (devkafka) on 127.0.0.1:$KAFKA_PORT, data in $DATA. Starting the gateway with $CONFIG.
 
+Publish as a terminal (another shell):
   mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -i term-1 -t terminals/term-1/payments/p1 -m '{"amount":1200}'
 Then fetch its receipt as that terminal (receipts go only to the client whose id is the device;
 they wait in the gateway's outbox until it subscribes; payproc logs to $DATA/payproc.log):
