@@ -48,6 +48,8 @@ type Sources struct {
 	DiskUsed func() int64
 	// DiskFile is the size of the buffer file on disk.
 	DiskFile func() int64
+	// Quarantined is the path a corrupt buffer file was moved to at start, or "".
+	Quarantined func() string
 	// DiskBudget is buffer.max_disk_bytes; 0 means no budget is reported.
 	DiskBudget int64
 	// Drops maps route -> reason ("max_age", "drop_oldest", "rejected") -> count.

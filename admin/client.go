@@ -158,6 +158,9 @@ func diskLine(d *DiskReport) string {
 	if d.FileBytes > 0 {
 		s += ", buffer file " + FormatBytes(d.FileBytes)
 	}
+	if d.QuarantinedFile != "" {
+		s += "\nWARNING: the buffer file was corrupt at start; kept as " + d.QuarantinedFile + ", a fresh one is in use"
+	}
 	return s
 }
 

@@ -92,6 +92,9 @@ type DiskReport struct {
 	FileBytes   int64 `json:"file_bytes"`   // the buffer file, which never shrinks by itself
 	// UsedPercent is used/budget*100; null without a budget.
 	UsedPercent *float64 `json:"used_percent"`
+	// QuarantinedFile is where a corrupt buffer file was moved at start
+	// (kept for inspection); empty if none.
+	QuarantinedFile string `json:"quarantined_file,omitempty"`
 }
 
 // ReceiptsReport is the downlink's outboxes: receipts waiting for a terminal.
@@ -153,6 +156,9 @@ func buildStatus(src *Sources, now time.Time) *Status {
 	}
 	if src.DiskFile != nil {
 		st.Disk.FileBytes = src.DiskFile()
+	}
+	if src.Quarantined != nil {
+		st.Disk.QuarantinedFile = src.Quarantined()
 	}
 	if st.Disk.BudgetBytes > 0 {
 		p := float64(st.Disk.UsedBytes) / float64(st.Disk.BudgetBytes) * 100

@@ -77,6 +77,7 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	g.buf, err = buffer.Open(buffer.Options{
 		Path:   filepath.Join(cfg.DataDir, "buffer.db"),
 		Logger: log.With("component", "buffer"),
+		Limits: bufferLimits(cfg, g.rules.Load()),
 	})
 	if err != nil {
 		return nil, err
@@ -146,20 +147,12 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 			}
 			return out
 		},
-		Backlog:    g.buf.Stats,
-		DiskUsed:   func() int64 { _, b := g.buf.Total(); return b },
-		DiskFile:   g.buf.FileSize,
-		DiskBudget: cfg.Buffer.MaxDiskBytes,
-		Drops: func() map[string]map[string]uint64 {
-			out := map[string]map[string]uint64{}
-			for route, n := range g.brk.Refused() {
-				if route == "" {
-					continue // unrouted publishes belong to no route
-				}
-				out[route] = map[string]uint64{"rejected": n}
-			}
-			return out
-		},
+		Backlog:     g.buf.Stats,
+		DiskUsed:    func() int64 { _, b := g.buf.Total(); return b },
+		DiskFile:    g.buf.FileSize,
+		DiskBudget:  cfg.Buffer.MaxDiskBytes,
+		Drops:       func() map[string]map[string]uint64 { return drops(g.buf, g.brk) },
+		Quarantined: g.buf.Quarantined,
 		Link: func() admin.LinkStatus {
 			l := g.brg.Link()
 			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,

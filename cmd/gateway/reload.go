@@ -230,6 +230,9 @@ func (r *reloader) apply(next *config.Config) {
 func (g *gateway) applyHot(cfg *config.Config) {
 	rs := rules.Compile(cfg)
 	g.rules.Store(rs)
+	if g.buf != nil {
+		g.buf.SetLimits(bufferLimits(cfg, rs))
+	}
 	if g.brk != nil {
 		g.brk.SetRules(rs)
 		g.brk.SetACL(cfg.ACL)
