@@ -52,3 +52,32 @@ func BenchmarkDrain(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDrainBandwidth drains b.N records of 2,000 bytes with the
+// bandwidth cap off and at 1 MiB/s, reporting the bytes per second the cap
+// counts (key, value, headers). Run with e.g. -benchtime=3000x.
+func BenchmarkDrainBandwidth(b *testing.B) {
+	for _, capBps := range []int64{0, 1 << 20} {
+		name := "cap=off"
+		if capBps > 0 {
+			name = fmt.Sprintf("cap=%dB/s", capBps)
+		}
+		b.Run(name, func(b *testing.B) {
+			k := testkit.Kafka(b, testkit.Topics(6, "bulk"))
+			buf := openBuffer(b)
+			fillBulk(b, buf, b.N, 2000)
+			b.ResetTimer()
+			start := time.Now()
+			br := startBridge(b, buf, k.Addrs, func(o *Options) {
+				o.Logger = nil
+				o.Kafka.Compression = "none"
+				o.Link.MaxBytesPerSecond = capBps
+			})
+			testkit.Eventually(b, 10*time.Minute, func() bool { n, _ := buf.Total(); return n == 0 }, "not drained")
+			b.StopTimer()
+			secs := time.Since(start).Seconds()
+			b.ReportMetric(testutilCounter(br)/secs, "B/s")
+			b.ReportMetric(float64(b.N)/secs, "records/s")
+		})
+	}
+}

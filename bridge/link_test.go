@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/edgegw/gateway/buffer"
@@ -389,3 +390,6 @@ func TestBatchesAdaptToTheLink(t *testing.T) {
 	k.SetMode(t, testkit.Pass)
 	waitDrained(t, buf, 60*time.Second)
 }
+
+// testutilCounter is the bytes the drain handed to the producer.
+func testutilCounter(b *Bridge) float64 { return testutil.ToFloat64(b.m.bytes) }

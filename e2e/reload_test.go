@@ -284,3 +284,43 @@ func TestCheckAgainstRunningGateway(t *testing.T) {
 		t.Errorf("unreachable gateway: exit %d:\n%s", code, out)
 	}
 }
+
+// Messages buffered while Kafka is down keep the Kafka topic decided when
+// they arrived (DESIGN invariant 7); those after the reload take the new one.
+func TestReloadBacklogKeepsItsTopic(t *testing.T) {
+	port := testkit.FreePort(t)
+	g := newGateway(t, []string{fmt.Sprintf("127.0.0.1:%d", port)}, "")
+	g.start()
+	cl := mqttClient(t, g.mqttAddr, "term-b", false)
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			tok := cl.Publish("terminals/term-b/telemetry/x", 1, false, fmt.Sprintf("term-b/%d", i))
+			if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+				t.Fatalf("publish %d: %v", i, tok.Error())
+			}
+		}
+	}
+	publish(0, 100)
+	g.rewriteConfig("kafka_topic: telemetry,", "kafka_topic: telemetry.v2,")
+	testkit.Eventually(t, 30*time.Second, func() bool { return g.runningConfig()["routes[1].kafka_topic"] == "telemetry.v2" }, "reload not applied")
+	publish(100, 200)
+
+	kafka := testkit.Kafka(t, testkit.Ports(port), testkit.Topics(3, "payments", "telemetry", "telemetry.v2"))
+	recs := testkit.Consume(t, kafka.Addrs, []string{"telemetry", "telemetry.v2"}).WaitN(t, 200, 90*time.Second)
+	for _, r := range recs {
+		_, n := parsePayload(t, r.Value)
+		want := "telemetry"
+		if n >= 100 {
+			want = "telemetry.v2"
+		}
+		if r.Topic != want {
+			t.Errorf("message %d on %s, want %s", n, r.Topic, want)
+		}
+		if string(r.Key) != "term-b" {
+			t.Errorf("message %d key %q", n, r.Key)
+		}
+	}
+	if dups := checkOrder(t, recs); len(recs)-dups != 200 {
+		t.Errorf("%d distinct records, want 200", len(recs)-dups)
+	}
+}
