@@ -84,6 +84,10 @@ type LinkStatus struct {
 	DownSince  time.Time // when the link stopped being up; zero while up
 	LastError  string    // the most recent error talking to Kafka, if any
 	RecentRate float64   // records/s drained recently; 0 if nothing drained
+	// OutsideWindow: link.windows are set and none is open, so only urgent
+	// routes drain; NextWindow is when the next one opens.
+	OutsideWindow bool
+	NextWindow    time.Time
 }
 
 // Server is the admin HTTP endpoint. Create it with New, then Start.

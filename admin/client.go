@@ -139,6 +139,12 @@ func linkLine(l *LinkReport, now time.Time) string {
 	if l.RateRecordsPerSecond > 0 {
 		fmt.Fprintf(&b, ", draining %s records/s", formatRate(l.RateRecordsPerSecond))
 	}
+	if l.OutsideWindow {
+		b.WriteString(", outside the drain window (urgent routes only)")
+		if l.NextWindow != nil {
+			fmt.Fprintf(&b, " until %s", formatTime(*l.NextWindow))
+		}
+	}
 	if l.LastError != "" && !l.Up {
 		fmt.Fprintf(&b, "\n  last error: %s", l.LastError)
 	}

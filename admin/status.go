@@ -83,6 +83,9 @@ type LinkReport struct {
 	LastError      string     `json:"last_error,omitempty"`
 	// RateRecordsPerSecond is what the drain delivered recently.
 	RateRecordsPerSecond float64 `json:"rate_records_per_second"`
+	// OutsideWindow: only urgent routes drain until NextWindow (link.windows).
+	OutsideWindow bool       `json:"outside_window"`
+	NextWindow    *time.Time `json:"next_window,omitempty"`
 }
 
 // DiskReport is the buffer's disk use against its budget.
@@ -140,6 +143,10 @@ func buildStatus(src *Sources, now time.Time) *Status {
 		LastAck:              timePtr(link.LastAck),
 		LastError:            link.LastError,
 		RateRecordsPerSecond: link.RecentRate,
+		OutsideWindow:        link.OutsideWindow,
+	}
+	if link.OutsideWindow {
+		st.Link.NextWindow = timePtr(link.NextWindow)
 	}
 	// A DownSince left over after the link came back is not reported: up
 	// means not down, whatever the bridge forgot to clear.

@@ -156,7 +156,7 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		Link: func() admin.LinkStatus {
 			l := g.brg.Link()
 			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,
-				LastError: l.LastError, RecentRate: l.RecentRate}
+				LastError: l.LastError, RecentRate: l.RecentRate, OutsideWindow: l.OutsideWindow, NextWindow: l.NextWindow}
 		},
 		ReceiptsPending: g.rcp.Pending,
 		Gatherer:        reg,
