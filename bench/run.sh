@@ -111,7 +111,7 @@ fmt2() { awk -v a="$1" 'BEGIN { if (a=="-") print "-"; else printf "%.2f", a }';
 # ---------------------------------------------------------------- build
 log "building into bin/"
 mkdir -p bin
-for c in devkafka loadgen benchbroker; do
+for c in devkafka loadgen benchbroker drainbench; do
 	"$GO" build -o "bin/$c" "./cmd/$c" || die "build ./cmd/$c failed"
 done
 HAVE_GW=1
@@ -176,6 +176,15 @@ start_gateway() {
 }
 if [ "$HAVE_GW" = 1 ]; then
 	start_gateway gateway
+	# The same gateway with Kafka unreachable: durable ingest alone, without
+	# the drain and the local cluster competing for the same CPUs (on a box
+	# the cluster is remote; offline is the gateway's normal work too).
+	GW_LIVE_PORT=$GW_PORT GW_LIVE_PID=$GW_PID
+	KAFKA_LIVE_PORT=$KAFKA_PORT
+	KAFKA_PORT=$(free_port) # nothing listens there
+	start_gateway gateway-offline
+	GW_OFFLINE_PORT=$GW_PORT GW_OFFLINE_PID=$GW_PID
+	KAFKA_PORT=$KAFKA_LIVE_PORT GW_PORT=$GW_LIVE_PORT GW_PID=$GW_LIVE_PID
 fi
 
 MQ_PORT=
@@ -234,7 +243,11 @@ med() {
 
 TARGETS=(benchbroker)
 declare -A PORT=([benchbroker]=$BB_PORT)
-if [ "$HAVE_GW" = 1 ]; then TARGETS+=(gateway); PORT[gateway]=$GW_PORT; fi
+if [ "$HAVE_GW" = 1 ]; then
+	TARGETS+=(gateway gateway-offline)
+	PORT[gateway]=$GW_PORT
+	PORT[gateway-offline]=$GW_OFFLINE_PORT
+fi
 if [ "$HAVE_MOSQ" = 1 ]; then TARGETS+=(mosquitto); PORT[mosquitto]=$MQ_PORT; fi
 
 # ---------------------------------------------------------------- (a) (b) (c)
@@ -251,7 +264,7 @@ for ((run = 1; run <= RUNS; run++)); do
 	for t in $(rotate "$run" "${TARGETS[@]}"); do
 		record a "$t" "$run" "$(loadgen "${PORT[$t]}" -clients 100 -inflight 1 -size 200 -qos 1 -duration "$DUR" -client-prefix "a$run-")"
 	done
-	for t in $(rotate "$run" benchbroker gateway); do
+	for t in $(rotate "$run" benchbroker gateway gateway-offline); do
 		[ -n "${PORT[$t]:-}" ] || continue
 		record b "$t" "$run" "$(loadgen "${PORT[$t]}" -clients 1 -inflight 32 -size 200 -qos 1 -duration "$DUR" -client-prefix "b$run-")"
 	done
@@ -291,6 +304,7 @@ PIDS+=("$BB_PID")
 wait_port "$BB_PORT" "$BB_PID" benchbroker-idle
 idle_rss benchbroker "$BB_PID" "$BB_PORT"
 if [ "$HAVE_GW" = 1 ]; then
+	stop "$GW_OFFLINE_PID"
 	stop "$GW_PID"
 	start_gateway gateway-idle
 	idle_rss gateway "$GW_PID" "$GW_PORT"
@@ -305,7 +319,20 @@ fi
 DRAIN_GATEWAY=${DRAIN_GATEWAY:--}
 DRAIN_SARAMA=${DRAIN_SARAMA:--}
 bench_drain() {
-	echo "  e   drain benchmark: not implemented yet (hook in bench/run.sh)" >&2
+	# cmd/drainbench runs its own in-process Kafka-protocol cluster, fills a
+	# fresh buffer with DRAIN_N records per round (outside the timing), times
+	# the bridge draining it to empty, then a bare sarama async producer with
+	# the same settings sending the same records; rounds alternate.
+	local out line
+	out=$(timeout 1200 bin/drainbench -n "${DRAIN_N:-1000000}" -rounds "$RUNS" 2>&1) || {
+		echo "  e   drainbench failed:" >&2
+		echo "$out" | tail -5 >&2
+		return
+	}
+	echo "$out" | grep '^round' | sed 's/^/  e   /' >&2
+	line=$(echo "$out" | grep '^DRAIN ')
+	DRAIN_GATEWAY=$(echo "$line" | sed -n 's/.*bridge=\([0-9]*\).*/\1/p')
+	DRAIN_SARAMA=$(echo "$line" | sed -n 's/.*bare=\([0-9]*\).*/\1/p')
 }
 log "(e) drain of a backlog"
 bench_drain
@@ -315,6 +342,8 @@ bench_drain
 A_BB=$(med a benchbroker acked_per_s)
 A_GW=$(med a gateway acked_per_s)
 A_MQ=$(med a mosquitto acked_per_s)
+A_GO=$(med a gateway-offline acked_per_s)
+B_GO=$(med b gateway-offline acked_per_s)
 B_BB=$(med b benchbroker acked_per_s)
 B_GW=$(med b gateway acked_per_s)
 
@@ -323,7 +352,9 @@ echo "RESULTS (medians of $RUNS runs, $DUR each; $(nproc) CPUs; $(date -u +%Y-%m
 printf '%-52s %12s %12s %12s\n' "case" "benchbroker" "gateway" "mosquitto"
 printf '%-52s %12s %12s %12s\n' "(a) 100 clients x 1 in flight, 200 B, QoS1: msg/s" "$(fmt0 "$A_BB")" "$(fmt0 "$A_GW")" "$(fmt0 "$A_MQ")"
 printf '%-52s %12s %12s %12s\n' "    p99 publish->PUBACK ms" "$(fmt2 "$(med a benchbroker p99_ms)")" "$(fmt2 "$(med a gateway p99_ms)")" "$(fmt2 "$(med a mosquitto p99_ms)")"
+printf '%-52s %12s %12s %12s\n' "(a') gateway with Kafka unreachable (ingest only)" "-" "$(fmt0 "$A_GO")" "-"
 printf '%-52s %12s %12s %12s\n' "(b) 1 client x 32 in flight: msg/s" "$(fmt0 "$B_BB")" "$(fmt0 "$B_GW")" "-"
+printf '%-52s %12s %12s %12s\n' "(b') gateway with Kafka unreachable" "-" "$(fmt0 "$B_GO")" "-"
 printf '%-52s %12s %12s %12s\n' "(c) 1000 msg/s over 100 clients: p99 ms" "$(fmt2 "$(med c benchbroker p99_ms)")" "$(fmt2 "$(med c gateway p99_ms)")" "-"
 printf '%-52s %12s %12s %12s\n' "    p50 ms" "$(fmt2 "$(med c benchbroker p50_ms)")" "$(fmt2 "$(med c gateway p50_ms)")" "-"
 printf '%-52s %12s %12s %12s\n' "(d) RSS MB, $IDLE_CLIENTS idle clients (fresh process)" \
@@ -335,7 +366,9 @@ echo "RATIOS (of the medians)                                   target"
 printf '  (a) gateway / benchbroker   %6s                     >= 0.9\n' "$(ratio "$A_GW" "$A_BB")"
 printf '  (a) gateway / mosquitto     %6s                     (reported)\n' "$(ratio "$A_GW" "$A_MQ")"
 printf '  (a) benchbroker / mosquitto %6s                     (reference)\n' "$(ratio "$A_BB" "$A_MQ")"
+printf '  (a) offline gw / benchbroker %5s                     (ingest only)\n' "$(ratio "$A_GO" "$A_BB")"
 printf '  (b) gateway / benchbroker   %6s                     >= 0.5\n' "$(ratio "$B_GW" "$B_BB")"
+printf '  (b) offline gw / benchbroker %5s                     (ingest only)\n' "$(ratio "$B_GO" "$B_BB")"
 printf '  (c) gateway p99 ms          %6s                     <= 10\n' "$(fmt2 "$(med c gateway p99_ms)")"
 printf '  (d) gateway RSS MB          %6s                     <= 100\n' \
 	"$( [ -n "${RSS_IDLE[gateway]:-}" ] && awk -v k="${RSS_IDLE[gateway]}" 'BEGIN{printf "%.1f", k/1024}' || echo -)"

@@ -13,13 +13,13 @@ import (
 // rawClient speaks just enough MQTT (3.1.1 and 5) to control what the
 // libraries hide: DUP flags, packet ids, oversized frames, reason codes.
 type rawClient struct {
-	t       *testing.T
+	t       testing.TB
 	conn    net.Conn
 	r       *bufio.Reader
 	version byte
 }
 
-func dialRaw(t *testing.T, addr string, version byte, clientID string, clean bool) *rawClient {
+func dialRaw(t testing.TB, addr string, version byte, clientID string, clean bool) *rawClient {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {

@@ -63,6 +63,7 @@ func main() {
 	fmt.Printf("  bridge (buffer -> Kafka, delete after ack): %.0f records/s\n", mb)
 	fmt.Printf("  bare sarama async producer:                %.0f records/s\n", ms)
 	fmt.Printf("  ratio bridge/bare: %.2f (target >= 0.5)\n", mb/ms)
+	fmt.Printf("DRAIN bridge=%.0f bare=%.0f\n", mb, ms) // for bench/run.sh
 }
 
 func fail(err error) {
