@@ -58,6 +58,9 @@ type Sources struct {
 	Link func() LinkStatus
 	// ReceiptsPending maps device -> receipts waiting in its outbox.
 	ReceiptsPending func() map[string]int
+	// ReceiptsDropped maps reason ("max_age", "invalid_device") -> receipts
+	// dropped undelivered since start.
+	ReceiptsDropped func() map[string]uint64
 	// Gatherer holds everyone else's metrics; served on /metrics next to
 	// admin's own gauges. Nil serves admin's gauges only.
 	Gatherer prometheus.Gatherer

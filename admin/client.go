@@ -175,7 +175,7 @@ func receiptsLine(r *ReceiptsReport) string {
 		return "receipts: not reported"
 	}
 	if r.PendingTotal == 0 {
-		return "receipts: none pending"
+		return "receipts: none pending" + droppedText(r)
 	}
 	s := fmt.Sprintf("receipts: %d pending for %d device%s", r.PendingTotal, r.PendingDevices, plural(r.PendingDevices))
 	top := append([]DevicePending(nil), r.ByDevice...)
@@ -190,7 +190,22 @@ func receiptsLine(r *ReceiptsReport) string {
 		}
 		s += " (most: " + strings.Join(parts, ", ") + ")"
 	}
-	return s
+	return s + droppedText(r)
+}
+
+// droppedText is ", N dropped undelivered (reason n, ...)" when any were.
+func droppedText(r *ReceiptsReport) string {
+	if r.DroppedTotal == 0 {
+		return ""
+	}
+	var reasons []string
+	for reason, n := range r.Dropped {
+		if n > 0 {
+			reasons = append(reasons, fmt.Sprintf("%s %d", reason, n))
+		}
+	}
+	sort.Strings(reasons)
+	return fmt.Sprintf("; %d dropped undelivered (%s)", r.DroppedTotal, strings.Join(reasons, ", "))
 }
 
 func etaText(r RouteReport) string {

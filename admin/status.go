@@ -108,6 +108,10 @@ type ReceiptsReport struct {
 	// first, at most 100 of them; Truncated says some were left out.
 	ByDevice  []DevicePending `json:"by_device"`
 	Truncated bool            `json:"truncated,omitempty"`
+	// Dropped counts receipts dropped undelivered since start, by reason
+	// ("max_age", "invalid_device"); DroppedTotal is their sum.
+	Dropped      map[string]uint64 `json:"dropped,omitempty"`
+	DroppedTotal uint64            `json:"dropped_total"`
 }
 
 // DevicePending is one device's count of pending receipts.
@@ -174,6 +178,16 @@ func buildStatus(src *Sources, now time.Time) *Status {
 
 	if src.ReceiptsPending != nil {
 		st.Receipts = receiptsReport(src.ReceiptsPending())
+	}
+	if src.ReceiptsDropped != nil {
+		if st.Receipts == nil {
+			st.Receipts = receiptsReport(nil)
+		}
+		st.Receipts.Dropped = map[string]uint64{}
+		for reason, n := range src.ReceiptsDropped() {
+			st.Receipts.Dropped[reason] = n
+			st.Receipts.DroppedTotal += n
+		}
 	}
 	return st
 }

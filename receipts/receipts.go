@@ -118,7 +118,9 @@ type Receipts struct {
 	started   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
-	dropped   atomic.Uint64
+	dropped   atomic.Uint64 // all reasons
+	dropAge   atomic.Uint64 // reason max_age
+	dropDev   atomic.Uint64 // reason invalid_device
 	logs      logOnce
 
 	mConsumed  prometheus.Counter
@@ -278,6 +280,12 @@ func (r *Receipts) Pending() map[string]int { return r.box.pendingAll() }
 // (max_age or no valid device).
 func (r *Receipts) Dropped() uint64 { return r.dropped.Load() }
 
+// DroppedByReason is Dropped split by reason ("max_age", "invalid_device"),
+// for /status; both keys are always present.
+func (r *Receipts) DroppedByReason() map[string]uint64 {
+	return map[string]uint64{"max_age": r.dropAge.Load(), "invalid_device": r.dropDev.Load()}
+}
+
 // events adapts Receipts to broker.DownlinkEvents without exporting the
 // methods on Receipts.
 type events struct{ r *Receipts }
@@ -429,6 +437,7 @@ func (r *Receipts) drop(refs []ref) {
 		return
 	}
 	r.dropped.Add(uint64(n))
+	r.dropAge.Add(uint64(n))
 	r.mDropped.WithLabelValues("max_age").Add(float64(n))
 	r.logs.warn(r.log, "max_age", "receipts older than receipts.max_age dropped undelivered (logged once; see gateway_receipts_dropped_total)",
 		"max_age", r.cfg.MaxAge, "first_device", refs[0].Device)
@@ -689,6 +698,7 @@ func (r *Receipts) storeBatch(ctx context.Context, batch []*sarama.ConsumerMessa
 			}
 			if invalid > 0 {
 				r.dropped.Add(uint64(invalid))
+				r.dropDev.Add(uint64(invalid))
 				r.mDropped.WithLabelValues("invalid_device").Add(float64(invalid))
 				r.logs.warn(r.log, "device", "receipts without a valid device dropped (logged once; see gateway_receipts_dropped_total)",
 					"device_from", r.cfg.DeviceFrom)

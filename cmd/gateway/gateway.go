@@ -159,6 +159,7 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 				LastError: l.LastError, RecentRate: l.RecentRate, OutsideWindow: l.OutsideWindow, NextWindow: l.NextWindow}
 		},
 		ReceiptsPending: g.rcp.Pending,
+		ReceiptsDropped: g.rcp.DroppedByReason,
 		Gatherer:        reg,
 		Config:          g.runningConfig,
 	}
