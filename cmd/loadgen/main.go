@@ -3,7 +3,9 @@
 // client, for a bounded time. It prints clients connected, messages acked,
 // acked msg/s and publish->PUBACK latency percentiles, or one JSON line with
 // -json. With -idle it only connects the clients and holds them, for memory
-// measurements of the broker.
+// measurements of the broker. With -receipts each client sends payments and
+// waits for their receipts (through the gateway and cmd/payproc), and the
+// latency is the payment -> receipt round trip (see receipts.go).
 package main
 
 import (
@@ -26,23 +28,26 @@ import (
 
 // config holds the parsed flags.
 type config struct {
-	broker       string
-	clients      int
-	rate         float64
-	size         int
-	inflight     int
-	duration     time.Duration
-	qos          int
-	topic        string
-	prefix       string
-	idle         bool
-	username     string
-	password     string
-	jsonOut      bool
-	clean        bool
-	connectPar   int
-	timeout      time.Duration
-	drainTimeout time.Duration
+	broker        string
+	clients       int
+	rate          float64
+	size          int
+	inflight      int
+	duration      time.Duration
+	qos           int
+	topic         string
+	prefix        string
+	idle          bool
+	username      string
+	password      string
+	jsonOut       bool
+	clean         bool
+	connectPar    int
+	timeout       time.Duration
+	drainTimeout  time.Duration
+	receipts      bool
+	paymentsTopic string
+	receiptsTopic string
 }
 
 // result is what a run measured; it is also the -json output.
@@ -69,6 +74,9 @@ type result struct {
 	Lost         int64   `json:"connections_lost"`
 	Timeouts     int64   `json:"timeouts"`
 	FirstError   string  `json:"first_error,omitempty"`
+	// Unmatched counts receipts (-receipts) that matched no payment of
+	// this run still waiting: an earlier run's, or a duplicate.
+	Unmatched int64 `json:"unmatched_receipts,omitempty"`
 }
 
 func main() {
@@ -112,6 +120,9 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.connectPar, "connect-parallel", 50, "connections opened at the same time")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "per-publish ack timeout (counted as error)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "after -duration, how long to wait for outstanding acks")
+	fs.BoolVar(&c.receipts, "receipts", false, "send payments and wait for their receipts; latency is payment -> receipt (needs the gateway and cmd/payproc)")
+	fs.StringVar(&c.paymentsTopic, "payments-topic", "terminals/{client}/payments/{seq}", "with -receipts: payment topic ({seq} = payment number)")
+	fs.StringVar(&c.receiptsTopic, "receipts-topic", "terminals/{client}/receipts", "with -receipts: the topic the client subscribes to for its receipts")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -132,6 +143,8 @@ func parseFlags(args []string) (config, error) {
 		return c, errors.New("-duration must be positive")
 	case c.qos != 0 && c.qos != 1:
 		return c, errors.New("-qos must be 0 or 1")
+	case c.receipts && c.idle:
+		return c, errors.New("-receipts and -idle exclude each other")
 	case c.connectPar < 1:
 		return c, errors.New("-connect-parallel must be at least 1")
 	}
@@ -173,6 +186,10 @@ func run(cfg config) result {
 	if cfg.idle {
 		res.Mode = "idle"
 	}
+	if cfg.receipts {
+		res.Mode = "receipts"
+	}
+	rs := &receiptsStats{}
 
 	// A second signal is not needed: the run is bounded; the first one just
 	// ends the publishing phase early.
@@ -204,6 +221,21 @@ func run(cfg config) result {
 		return res
 	}
 
+	var rts []*rtState
+	if cfg.receipts {
+		for _, c := range clients {
+			s, err := c.subscribeReceipts(cfg, st, rs)
+			if err != nil {
+				st.fail(&st.errors, fmt.Errorf("%s: %w", c.id, err))
+				res.Errors = st.errors.Load()
+				res.FirstError = loadErr(st)
+				return res
+			}
+			rts = append(rts, s)
+		}
+	}
+	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
+
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
 	timer := time.NewTimer(cfg.duration)
@@ -224,8 +256,12 @@ func run(cfg config) result {
 			close(end)
 		}()
 		var wg sync.WaitGroup
-		for _, c := range clients {
+		for i, c := range clients {
 			wg.Add(1)
+			if cfg.receipts {
+				go func() { defer wg.Done(); c.payments(cfg, st, rts[i], runID, start, deadline, end) }()
+				continue
+			}
 			go func() { defer wg.Done(); c.publish(cfg, st, start, deadline, end) }()
 		}
 		wg.Wait()
@@ -263,6 +299,7 @@ func run(cfg config) result {
 	res.Lost = st.lost.Load()
 	res.Timeouts = st.timeouts.Load()
 	res.FirstError = loadErr(st)
+	res.Unmatched = rs.unmatched.Load()
 	return res
 }
 
@@ -464,6 +501,11 @@ func printHuman(r result) {
 	fmt.Printf("clients connected %d/%d (still connected at end: %d)\n", r.Connected, r.Clients, r.ConnectedEnd)
 	if r.Mode == "idle" {
 		fmt.Printf("held idle         %.1f s\n", r.Seconds)
+	} else if r.Mode == "receipts" {
+		fmt.Printf("load              payments qos=1 size=%dB awaiting receipt/client=%d rate=%s\n", r.Size, r.Inflight, rateStr(r.Rate))
+		fmt.Printf("payments          sent %d, receipts matched %d in %.2f s (unmatched receipts %d)\n", r.Sent, r.Acked, r.Seconds, r.Unmatched)
+		fmt.Printf("receipts/s        %.0f\n", r.AckedPerSec)
+		fmt.Printf("round trip ms     p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", r.P50ms, r.P90ms, r.P99ms, r.Maxms)
 	} else {
 		fmt.Printf("load              qos=%d size=%dB inflight/client=%d rate=%s\n", r.QoS, r.Size, r.Inflight, rateStr(r.Rate))
 		fmt.Printf("messages          sent %d, acked %d in %.2f s\n", r.Sent, r.Acked, r.Seconds)
