@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CROSS_PKG ?= ./cmd/gateway
 CROSS_NAME ?= $(notdir $(CROSS_PKG))
 
-.PHONY: all build run test test-arm deps bench cross fmt vet clean
+.PHONY: all build run test test-arm deps bench bench-receipts cross fmt vet clean
 
 all: build
 
@@ -57,6 +57,13 @@ deps:
 # Figures of the issue: gateway vs mochi without hook vs mosquitto (bench/run.sh).
 bench:
 	GO=$(GO) bench/run.sh
+	GO=$(GO) bench/receipts.sh
+
+# Figures of issue 3 only: receipts/s to 1,000 online terminals, payment->
+# receipt round trip through cmd/payproc at 200/s, 100,000 receipts to 10,000
+# devices reconnecting at once (bench/receipts.sh).
+bench-receipts:
+	GO=$(GO) bench/receipts.sh
 
 # Static ARM binaries for the edge boxes (see deploy/arm/README.md).
 cross:
