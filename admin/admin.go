@@ -52,6 +52,9 @@ type Sources struct {
 	Quarantined func() string
 	// DiskBudget is buffer.max_disk_bytes; 0 means no budget is reported.
 	DiskBudget int64
+	// DiskBudgetNow, if set, is read instead of DiskBudget at request time,
+	// so a budget changed by a config reload shows.
+	DiskBudgetNow func() int64
 	// Drops maps route -> reason ("max_age", "drop_oldest", "rejected") -> count.
 	Drops func() map[string]map[string]uint64
 	// Link is the uplink's state as the bridge sees it.

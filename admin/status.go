@@ -162,6 +162,9 @@ func buildStatus(src *Sources, now time.Time) *Status {
 	st.Routes = routeReports(src, now, link.RecentRate)
 
 	st.Disk.BudgetBytes = src.DiskBudget
+	if src.DiskBudgetNow != nil {
+		st.Disk.BudgetBytes = src.DiskBudgetNow()
+	}
 	if src.DiskUsed != nil {
 		st.Disk.UsedBytes = src.DiskUsed()
 	}

@@ -222,10 +222,18 @@ func TestReloadInvalidFileKeepsRunningConfig(t *testing.T) {
 	// does not.
 	g.rewriteConfig("max_age: forever}", "max_age: 1h}")
 	g.rewriteConfig("id: e2e-gw", "id: e2e-gw-renamed")
+	g.rewriteConfig("log: {level: debug}", "log: {level: debug}\nbuffer: {max_disk_bytes: 512MiB}\nlink: {max_bytes_per_second: 1MiB}")
 	testkit.Eventually(t, 30*time.Second, func() bool {
 		c := g.runningConfig()
-		return c["routes[1].kafka_topic"] == "telemetry.v2" && c["routes[1].max_age"] == "1h0m0s"
+		return c["routes[1].kafka_topic"] == "telemetry.v2" && c["routes[1].max_age"] == "1h0m0s" && c["link.max_bytes_per_second"] == "1048576"
 	}, "valid file not applied")
+	// The parts reached the components: the drain's cap, the disk budget.
+	if v := g.metric("gateway_bridge_max_bytes_per_second"); v != 1<<20 {
+		t.Errorf("bridge cap after reload: %v", v)
+	}
+	if v := g.metric("gateway_disk_budget_bytes"); v != 512<<20 {
+		t.Errorf("disk budget after reload: %v", v)
+	}
 	testkit.Eventually(t, 30*time.Second, func() bool { return strings.Contains(g.logs.String(), "need a restart") }, "restart-only change not logged")
 	if id := g.runningConfig()["id"]; id != "e2e-gw" {
 		t.Errorf("id changed at run time to %q", id)

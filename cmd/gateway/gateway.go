@@ -147,12 +147,14 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 			}
 			return out
 		},
-		Backlog:     g.buf.Stats,
-		DiskUsed:    func() int64 { _, b := g.buf.Total(); return b },
-		DiskFile:    g.buf.FileSize,
-		DiskBudget:  cfg.Buffer.MaxDiskBytes,
-		Drops:       func() map[string]map[string]uint64 { return drops(g.buf, g.brk) },
-		Quarantined: g.buf.Quarantined,
+		Backlog:    g.buf.Stats,
+		DiskUsed:   func() int64 { _, b := g.buf.Total(); return b },
+		DiskFile:   g.buf.FileSize,
+		DiskBudget: cfg.Buffer.MaxDiskBytes,
+		// A reload may change it.
+		DiskBudgetNow: func() int64 { return g.cfg.Load().Buffer.MaxDiskBytes },
+		Drops:         func() map[string]map[string]uint64 { return drops(g.buf, g.brk) },
+		Quarantined:   g.buf.Quarantined,
 		Link: func() admin.LinkStatus {
 			l := g.brg.Link()
 			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,
