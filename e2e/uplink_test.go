@@ -149,73 +149,25 @@ func TestSigkillLosesNothingAcknowledged(t *testing.T) {
 	g := newGateway(t, kafka.Addrs, "")
 	g.start()
 
-	const clients = 8
-	var acked sync.Map // payload -> true
-	var ackedN atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for c := 0; c < clients; c++ {
-		id := fmt.Sprintf("crash-%d", c)
-		cl := mqttClient(t, g.mqttAddr, id, true)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				payload := fmt.Sprintf("%s/%d", id, i)
-				tok := cl.Publish(fmt.Sprintf("terminals/%s/payments/x", id), 1, false, payload)
-				if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
-					acked.Store(payload, true)
-					ackedN.Add(1)
-				} else {
-					time.Sleep(20 * time.Millisecond) // disconnected: paho reconnects
-				}
-			}
-		}()
-	}
+	pubs := startPublishers(t, g.mqttAddr, "crash", "payments", 8, true)
 	for kill := 0; kill < 5; kill++ {
-		target := ackedN.Load() + 200
-		testkit.Eventually(t, 60*time.Second, func() bool { return ackedN.Load() >= target }, "publishes acked before kill %d", kill)
+		pubs.waitMore(t, 200, fmt.Sprintf("publishes acked before kill %d", kill))
 		g.kill()
 		g.start()
 	}
-	target := ackedN.Load() + 200
-	testkit.Eventually(t, 60*time.Second, func() bool { return ackedN.Load() >= target }, "publishes after the last restart")
-	close(stop)
-	wg.Wait()
+	pubs.waitMore(t, 200, "publishes after the last restart")
+	pubs.halt()
 
-	want := 0
-	acked.Range(func(_, _ any) bool { want++; return true })
-	cons := testkit.Consume(t, kafka.Addrs, []string{"payments"})
-	var recs []*kgo.Record
-	testkit.Eventually(t, 90*time.Second, func() bool {
-		recs = cons.Poll(time.Second)
-		present := map[string]bool{}
-		for _, r := range recs {
-			present[string(r.Value)] = true
-		}
-		missing := 0
-		acked.Range(func(k, _ any) bool {
-			if !present[k.(string)] {
-				missing++
-			}
-			return true
-		})
-		return missing == 0
-	}, "all %d acknowledged messages in Kafka", want)
-	dups := 0
+	recs := pubs.waitAllInKafka(t, kafka.Addrs, "payments")
 	seen := map[string]bool{}
+	dups := 0
 	for _, r := range recs {
 		if seen[string(r.Value)] {
 			dups++
 		}
 		seen[string(r.Value)] = true
 	}
-	t.Logf("5 SIGKILLs: %d acknowledged, %d records in Kafka, %d duplicates (allowed with exactly_once: false)", want, len(recs), dups)
+	t.Logf("5 SIGKILLs: %d acknowledged, %d records in Kafka, %d duplicates (allowed with exactly_once: false)", pubs.n.Load(), len(recs), dups)
 }
 
 // Kafka refuses connections, then accepts TCP but never answers, then comes
@@ -226,59 +178,99 @@ func TestKafkaFlappingLosesNothing(t *testing.T) {
 	g := newGateway(t, kafka.Addrs, "")
 	g.start()
 
-	const clients = 6
-	var acked sync.Map
-	var ackedN atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	pubs := startPublishers(t, g.mqttAddr, "flap", "telemetry", 6, false)
+	for round := 0; round < 3; round++ {
+		for _, m := range []testkit.Mode{testkit.Refuse, testkit.Hang, testkit.Pass} {
+			kafka.SetMode(t, m)
+			until := time.Now().Add(1500 * time.Millisecond)
+			pubs.waitMore(t, 150, fmt.Sprintf("publishes in mode %v", m))
+			// each phase lasts long enough for requests to be stuck in it
+			testkit.Eventually(t, 5*time.Second, func() bool { return time.Now().After(until) }, "phase %v", m)
+		}
+	}
+	pubs.halt()
+	recs := pubs.waitAllInKafka(t, kafka.Addrs, "telemetry")
+	dups := checkOrder(t, recs)
+	t.Logf("3 rounds refuse/hang/pass: %d acknowledged, %d records, %d duplicates", pubs.n.Load(), len(recs), dups)
+}
+
+// publishers are terminals publishing QoS 1 in a loop, one message in flight
+// each, remembering every payload the gateway acknowledged.
+type publishers struct {
+	acked sync.Map // payload -> true
+	n     atomic.Int64
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+// startPublishers connects clients "<prefix>-<i>" publishing to
+// terminals/<id>/<kind>/x. With reconnect, a failed publish is retried after
+// paho reconnects (the gateway may be down); without, it fails the test.
+func startPublishers(t *testing.T, addr, prefix, kind string, clients int, reconnect bool) *publishers {
+	p := &publishers{stop: make(chan struct{})}
 	for c := 0; c < clients; c++ {
-		id := fmt.Sprintf("flap-%d", c)
-		cl := mqttClient(t, g.mqttAddr, id, false)
-		wg.Add(1)
+		id := fmt.Sprintf("%s-%d", prefix, c)
+		cl := mqttClient(t, addr, id, reconnect)
+		p.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer p.wg.Done()
 			for i := 0; ; i++ {
 				select {
-				case <-stop:
+				case <-p.stop:
 					return
 				default:
 				}
 				payload := fmt.Sprintf("%s/%d", id, i)
-				tok := cl.Publish(fmt.Sprintf("terminals/%s/telemetry/x", id), 1, false, payload)
-				if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-					t.Errorf("publish while Kafka flaps: %v", tok.Error())
+				tok := cl.Publish(fmt.Sprintf("terminals/%s/%s/x", id, kind), 1, false, payload)
+				if tok.WaitTimeout(20*time.Second) && tok.Error() == nil {
+					p.acked.Store(payload, true)
+					p.n.Add(1)
+					continue
+				}
+				if !reconnect {
+					t.Errorf("publish %s: %v", payload, tok.Error())
 					return
 				}
-				acked.Store(payload, true)
-				ackedN.Add(1)
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // disconnected: paho reconnects
 			}
 		}()
 	}
-	for round := 0; round < 3; round++ {
-		for _, m := range []testkit.Mode{testkit.Refuse, testkit.Hang, testkit.Pass} {
-			kafka.SetMode(t, m)
-			target, until := ackedN.Load()+150, time.Now().Add(1500*time.Millisecond)
-			// each phase lasts long enough for requests to be stuck in it
-			testkit.Eventually(t, 60*time.Second, func() bool { return ackedN.Load() >= target && time.Now().After(until) }, "publishes in mode %v", m)
-		}
+	t.Cleanup(p.halt)
+	return p
+}
+
+// waitMore waits until n more publishes were acknowledged.
+func (p *publishers) waitMore(t *testing.T, n int64, what string) {
+	t.Helper()
+	target := p.n.Load() + n
+	testkit.Eventually(t, 60*time.Second, func() bool { return p.n.Load() >= target }, "%s", what)
+}
+
+// halt stops publishing and waits for the clients; safe to call twice.
+func (p *publishers) halt() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
 	}
-	close(stop)
-	wg.Wait()
-	want := 0
-	acked.Range(func(_, _ any) bool { want++; return true })
-	cons := testkit.Consume(t, kafka.Addrs, []string{"telemetry"})
+	p.wg.Wait()
+}
+
+// waitAllInKafka waits until every acknowledged payload is in the topic and
+// returns all records read.
+func (p *publishers) waitAllInKafka(t *testing.T, addrs []string, topic string) []*kgo.Record {
+	t.Helper()
+	cons := testkit.Consume(t, addrs, []string{topic})
 	var recs []*kgo.Record
 	testkit.Eventually(t, 120*time.Second, func() bool {
 		recs = cons.Poll(time.Second)
-		present := map[string]bool{}
+		present := make(map[string]bool, len(recs))
 		for _, r := range recs {
 			present[string(r.Value)] = true
 		}
-		ok := true
-		acked.Range(func(k, _ any) bool { ok = present[k.(string)]; return ok })
-		return ok
-	}, "all %d acknowledged messages in Kafka", want)
-	dups := checkOrder(t, recs)
-	t.Logf("3 rounds refuse/hang/pass: %d acknowledged, %d records, %d duplicates", want, len(recs), dups)
+		all := true
+		p.acked.Range(func(k, _ any) bool { all = present[k.(string)]; return all })
+		return all
+	}, "all %d acknowledged messages in %s", p.n.Load(), topic)
+	return recs
 }
