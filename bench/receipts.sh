@@ -61,11 +61,16 @@ trap 'exit 130' INT TERM
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'bench-receipts: %s\n' "$*" >&2; exit 1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# free_port: below the ephemeral range (32768+), so that the connections
+# made meanwhile (10,000 terminals) cannot take it; never one handed out
+# before in this run. Sets PORT (a subshell could not remember the ports).
+USED_PORTS=" "
 free_port() {
 	local p
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 40000))
-		port_open "$p" || { echo "$p"; return; }
+		p=$((20000 + RANDOM % 12000))
+		[[ "$USED_PORTS" == *" $p "* ]] && continue
+		port_open "$p" || { USED_PORTS+="$p "; PORT=$p; return; }
 	done
 	die "no free port found"
 }
@@ -88,7 +93,7 @@ stop() {
 }
 jget() { grep -o "\"$1\":[-0-9.e+]*" <<<"$2" | head -1 | cut -d: -f2; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-fmtn() { awk -v a="$2" -v d="$1" 'BEGIN { if (a=="-" || a=="") print "-"; else printf "%." d "f", a }'; }
+fmtn() { awk -v a="$2" -v d="$1" 'BEGIN { if (a=="-" || a=="") print "-"; else printf "%." d "f\n", a }'; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 log "building into bin/"
@@ -103,9 +108,12 @@ start_stack() {
 	local dir="$TMP/run$1"
 	rm -rf "$dir"
 	mkdir -p "$dir"
-	KP=$(free_port)
-	MP=$(free_port)
-	AP=$(free_port)
+	free_port
+	KP=$PORT
+	free_port
+	MP=$PORT
+	free_port
+	AP=$PORT
 	STACK_PIDS=()
 	bin/devkafka -addr "127.0.0.1:$KP" -data-dir "" -partitions 3 \
 		-topics "payments,receipts.$GW_ID,receipts.delivered" >"$TMP/devkafka.log" 2>&1 &
