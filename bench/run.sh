@@ -63,12 +63,18 @@ die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # free_port: a port nothing listens on now (probe random ports).
+# free_port sets FREE_PORT (not echoed: a subshell would lose USED_PORTS).
+# Ports are picked below Linux's ephemeral range (32768-60999), where the
+# thousands of client connections of a run take theirs, and never twice.
+USED_PORTS=" "
 free_port() {
 	local p
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 40000))
+		p=$((20000 + RANDOM % 12000))
+		[[ "$USED_PORTS" == *" $p "* ]] && continue
 		if ! port_open "$p"; then
-			echo "$p"
+			USED_PORTS+="$p "
+			FREE_PORT=$p
 			return
 		fi
 	done
@@ -145,14 +151,14 @@ if [ "$HAVE_MOSQ" = 1 ] && ! command -v mosquitto >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------- start
-KAFKA_PORT=$(free_port)
+free_port; KAFKA_PORT=$FREE_PORT
 bin/devkafka -addr "127.0.0.1:$KAFKA_PORT" -data-dir "$TMP/kafka" \
 	-topics telemetry,receipts.bench,receipts.delivered >"$TMP/devkafka.log" 2>&1 &
 KAFKA_PID=$!
 PIDS+=("$KAFKA_PID")
 wait_port "$KAFKA_PORT" "$KAFKA_PID" devkafka
 
-BB_PORT=$(free_port)
+free_port; BB_PORT=$FREE_PORT
 bin/benchbroker -addr "127.0.0.1:$BB_PORT" >"$TMP/benchbroker.log" 2>&1 &
 BB_PID=$!
 PIDS+=("$BB_PID")
@@ -162,9 +168,9 @@ GW_PID=
 GW_PORT=
 # start_gateway NAME: a gateway with a fresh data dir; sets GW_PID and GW_PORT.
 start_gateway() {
-	GW_PORT=$(free_port)
+	free_port; GW_PORT=$FREE_PORT
 	local admin
-	admin=$(free_port)
+	free_port; admin=$FREE_PORT
 	mkdir -p "$TMP/$1"
 	sed -e "s|@DATA_DIR@|$TMP/$1/data|" -e "s|@MQTT_PORT@|$GW_PORT|" \
 		-e "s|@KAFKA_PORT@|$KAFKA_PORT|" -e "s|@ADMIN_PORT@|$admin|" \
@@ -181,7 +187,7 @@ if [ "$HAVE_GW" = 1 ]; then
 	# the cluster is remote; offline is the gateway's normal work too).
 	GW_LIVE_PORT=$GW_PORT GW_LIVE_PID=$GW_PID
 	KAFKA_LIVE_PORT=$KAFKA_PORT
-	KAFKA_PORT=$(free_port) # nothing listens there
+	free_port; KAFKA_PORT=$FREE_PORT # nothing listens there
 	start_gateway gateway-offline
 	GW_OFFLINE_PORT=$GW_PORT GW_OFFLINE_PID=$GW_PID
 	KAFKA_PORT=$KAFKA_LIVE_PORT GW_PORT=$GW_LIVE_PORT GW_PID=$GW_LIVE_PID
@@ -189,7 +195,7 @@ fi
 
 MQ_PORT=
 if [ "$HAVE_MOSQ" = 1 ]; then
-	MQ_PORT=$(free_port)
+	free_port; MQ_PORT=$FREE_PORT
 	mkdir -p "$TMP/mosquitto"
 	cat >"$TMP/mosquitto.conf" <<-EOF
 		listener $MQ_PORT 127.0.0.1

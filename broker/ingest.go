@@ -197,17 +197,35 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 			if f.route != "" {
 				b.countStored(f.route, r)
 			}
-			pk := f.pk
-			pk.Mods.MaxSize = injectMark
-			st.injecting.Store(true)
-			err := b.server.InjectPacket(cl, pk)
-			st.injecting.Store(false)
-			if err != nil && !cl.Closed() {
-				b.log.Debug("puback after commit failed", "client", cl.ID, "error", err)
-			}
+			b.acknowledge(cl, st, f.pk)
 		}
 		<-st.slots
 	}
+}
+
+// acknowledge PUBACKs a stored publish and delivers it to local subscribers.
+// When nothing local wants it (the common case: a terminal's telemetry or
+// payment), the PUBACK is written directly; otherwise, and for retained or
+// QoS 2 publishes, the publish goes through mochi again, marked as stored,
+// so that mochi acknowledges, retains and fans it out as usual.
+func (b *Broker) acknowledge(cl *mqtt.Client, st *clientState, pk packets.Packet) {
+	var err error
+	if pk.FixedHeader.Qos == 1 && !pk.FixedHeader.Retain && !b.hasLocalSubscribers(pk.TopicName) {
+		err = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	} else {
+		pk.Mods.MaxSize = injectMark
+		st.injecting.Store(true)
+		err = b.server.InjectPacket(cl, pk)
+		st.injecting.Store(false)
+	}
+	if err != nil && !cl.Closed() {
+		b.log.Debug("puback after commit failed", "client", cl.ID, "error", err)
+	}
+}
+
+func (b *Broker) hasLocalSubscribers(topic string) bool {
+	s := b.server.Topics.Subscribers(topic)
+	return len(s.Subscriptions) > 0 || len(s.Shared) > 0 || len(s.InlineSubscriptions) > 0
 }
 
 // refuse answers a publish that was not stored: reason code for MQTT 5,

@@ -36,6 +36,10 @@ var (
 
 const routePrefix = "r:"
 
+// maxGatherWait bounds how long the writer waits for more appends before a
+// commit, so group commit never adds more than this to a PUBACK's latency.
+const maxGatherWait = 300 * time.Microsecond
+
 // Options configure Open. Zero values take the defaults named per field.
 type Options struct {
 	// Path of the bbolt file; its directory is created if missing. Required.
@@ -309,7 +313,9 @@ func (b *Buffer) writer() {
 			// re-sending after the previous commit's acknowledgements: wait a
 			// fraction of a commit for them, so one fsync carries them all.
 			if len(batch) < last/2 && lastTook > 0 {
-				wait.Reset(lastTook / 4)
+				// bounded: a commit that queued behind a drain delete is slow
+				// for reasons that say nothing about the writers
+				wait.Reset(min(lastTook/4, maxGatherWait))
 				batch = b.gatherUntil(batch, last, wait.C)
 				if !wait.Stop() {
 					select {
