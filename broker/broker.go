@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/logonce"
 	"github.com/edgegw/gateway/rules"
 )
 
@@ -60,7 +61,7 @@ type Broker struct {
 	stored   *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
-	logs     logOnce
+	logs     logonce.Set
 }
 
 // New builds the broker and its listeners; it does not accept connections
@@ -245,7 +246,7 @@ func (b *Broker) countRefused(route, reason string) {
 	b.refused.WithLabelValues(route, reason).Inc()
 	v, _ := b.refusals.LoadOrStore(route, new(atomic.Uint64))
 	v.(*atomic.Uint64).Add(1)
-	b.logs.warn(b.log, route+"/"+reason, "publish refused (logged once per route and reason; see gateway_ingest_refused_total)", "route", route, "reason", reason)
+	b.logs.Warn(b.log, route+"/"+reason, "publish refused (logged once per route and reason; see gateway_ingest_refused_total)", "route", route, "reason", reason)
 }
 
 func (b *Broker) countStored(route string, r buffer.Result) {

@@ -541,3 +541,36 @@ func TestFullRouteRefusesOrEvicts(t *testing.T) {
 		t.Fatalf("refusals counted: %v", e.brk.Refused())
 	}
 }
+
+// At the global disk budget, a publish that cannot be made room for (only
+// reject routes hold data) is refused the same way: 0x97 for MQTT 5, a
+// disconnect for 3.1.1; what was acknowledged stays.
+func TestGlobalBudgetRefuses(t *testing.T) {
+	e := start(t, "", "", buffer.Options{Limits: buffer.Limits{MaxDiskBytes: 600, Routes: func(r string) (buffer.Policy, bool) {
+		return buffer.Policy{OnFull: "reject"}, true
+	}}})
+	v3 := dialRaw(t, e.addr, 4, "term-k", true)
+	acked := 0
+	for i := 1; i < 100; i++ {
+		v3.publish(1, uint16(i), false, "terminals/term-k/telemetry/1", []byte("telemetry-payload-of-some-size"))
+		typ, body, err := v3.tryRead(10 * time.Second)
+		if err != nil {
+			break // disconnected: the budget is full
+		}
+		if typ != 4 || len(body) > 2 {
+			t.Fatalf("unexpected packet %d %v", typ, body)
+		}
+		acked++
+	}
+	if acked == 0 || acked >= 99 {
+		t.Fatalf("%d acknowledged before the budget refused", acked)
+	}
+	v5 := dialRaw(t, e.addr, 5, "term-l", true)
+	v5.publish(1, 1, false, "terminals/term-l/payments/1", []byte(strings.Repeat("p", 200)))
+	if _, code := v5.expectPuback(); code != 0x97 {
+		t.Fatalf("v5 at the global budget: code %#x, want 0x97", code)
+	}
+	if n := total(e.buf); n != int64(acked) {
+		t.Fatalf("%d stored, %d acknowledged", n, acked)
+	}
+}

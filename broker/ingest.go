@@ -2,7 +2,6 @@ package broker
 
 import (
 	"errors"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -279,24 +278,4 @@ func (b *Broker) record(cl *mqtt.Client, pk packets.Packet, route *rules.Route) 
 		}
 	}
 	return rec
-}
-
-// logOnce logs a message the first time a key is seen, so a flood of one kind
-// of refusal does not flood the log.
-type logOnce struct {
-	mu   sync.Mutex
-	seen map[string]bool
-}
-
-func (l *logOnce) warn(log *slog.Logger, key, msg string, args ...any) {
-	l.mu.Lock()
-	if l.seen == nil {
-		l.seen = map[string]bool{}
-	}
-	first := !l.seen[key]
-	l.seen[key] = true
-	l.mu.Unlock()
-	if first {
-		log.Warn(msg, args...)
-	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/edgegw/gateway/broker"
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/logonce"
 	"github.com/edgegw/gateway/rules"
 )
 
@@ -121,7 +122,7 @@ type Receipts struct {
 	dropped   atomic.Uint64 // all reasons
 	dropAge   atomic.Uint64 // reason max_age
 	dropDev   atomic.Uint64 // reason invalid_device
-	logs      logOnce
+	logs      logonce.Set
 
 	mConsumed  prometheus.Counter
 	mDelivered prometheus.Counter
@@ -387,7 +388,7 @@ func (r *Receipts) deliver(dev string) {
 		rc, ok, err := r.box.next(dev, r.isAcked(dev))
 		r.viewMu.RUnlock()
 		if err != nil {
-			r.logs.warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
+			r.logs.Warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
 			return
 		}
 		if !ok {
@@ -430,7 +431,7 @@ func (r *Receipts) message(rc *receipt) broker.DownlinkMessage {
 func (r *Receipts) drop(refs []ref) {
 	n, err := r.box.remove(refs)
 	if err != nil {
-		r.logs.warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
+		r.logs.Warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
 		return
 	}
 	if n == 0 {
@@ -439,7 +440,7 @@ func (r *Receipts) drop(refs []ref) {
 	r.dropped.Add(uint64(n))
 	r.dropAge.Add(uint64(n))
 	r.mDropped.WithLabelValues("max_age").Add(float64(n))
-	r.logs.warn(r.log, "max_age", "receipts older than receipts.max_age dropped undelivered (logged once; see gateway_receipts_dropped_total)",
+	r.logs.Warn(r.log, "max_age", "receipts older than receipts.max_age dropped undelivered (logged once; see gateway_receipts_dropped_total)",
 		"max_age", r.cfg.MaxAge, "first_device", refs[0].Device)
 }
 
@@ -472,7 +473,7 @@ func (r *Receipts) finish(batch []ref) {
 	if topic := r.cfg.ConfirmTopic; topic != "" {
 		recs, err := r.box.get(batch)
 		if err != nil {
-			r.logs.warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
+			r.logs.Warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
 		}
 		var wg sync.WaitGroup
 		var failed, closed atomic.Int32
@@ -501,7 +502,7 @@ func (r *Receipts) finish(batch []ref) {
 		r.mConfirm.WithLabelValues("stored").Add(float64(stored))
 		if f := failed.Load(); f > 0 {
 			r.mConfirm.WithLabelValues("failed").Add(float64(f))
-			r.logs.warn(r.log, "confirm", "receipts: storing delivery confirmations failed", "failed", f)
+			r.logs.Warn(r.log, "confirm", "receipts: storing delivery confirmations failed", "failed", f)
 		}
 		// The buffer closing means the process is stopping: keep the
 		// receipts, so they are delivered and confirmed after the restart.
@@ -509,7 +510,7 @@ func (r *Receipts) finish(batch []ref) {
 	}
 	if !keep {
 		if _, err := r.box.remove(batch); err != nil {
-			r.logs.warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
+			r.logs.Warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
 		}
 	}
 	r.viewMu.Lock()
@@ -562,7 +563,7 @@ func (r *Receipts) sweeper() {
 		if r.cfg.MaxAge > 0 {
 			old, err := r.box.olderThan(time.Now().Add(-r.cfg.MaxAge))
 			if err != nil {
-				r.logs.warn(r.log, "scan", "receipts: scanning the outbox failed", "error", err)
+				r.logs.Warn(r.log, "scan", "receipts: scanning the outbox failed", "error", err)
 			} else if len(old) > 0 {
 				r.drop(old)
 			}
@@ -599,7 +600,7 @@ func (r *Receipts) consume() {
 		if group == nil {
 			g, err := sarama.NewConsumerGroup(r.opts.Config.Kafka.Brokers, r.group, r.sarama)
 			if err != nil {
-				r.logs.warn(r.log, "connect", "receipts: kafka not reachable yet; retrying", "error", err)
+				r.logs.Warn(r.log, "connect", "receipts: kafka not reachable yet; retrying", "error", err)
 				if !wait() {
 					return
 				}
@@ -700,7 +701,7 @@ func (r *Receipts) storeBatch(ctx context.Context, batch []*sarama.ConsumerMessa
 				r.dropped.Add(uint64(invalid))
 				r.dropDev.Add(uint64(invalid))
 				r.mDropped.WithLabelValues("invalid_device").Add(float64(invalid))
-				r.logs.warn(r.log, "device", "receipts without a valid device dropped (logged once; see gateway_receipts_dropped_total)",
+				r.logs.Warn(r.log, "device", "receipts without a valid device dropped (logged once; see gateway_receipts_dropped_total)",
 					"device_from", r.cfg.DeviceFrom)
 			}
 			seen := map[string]bool{}
@@ -712,7 +713,7 @@ func (r *Receipts) storeBatch(ctx context.Context, batch []*sarama.ConsumerMessa
 			}
 			return true
 		}
-		r.logs.warn(r.log, "store", "receipts: storing in the outbox failed; retrying", "error", err)
+		r.logs.Warn(r.log, "store", "receipts: storing in the outbox failed; retrying", "error", err)
 		select {
 		case <-ctx.Done():
 			return false
@@ -740,23 +741,4 @@ func (r *Receipts) device(m *sarama.ConsumerMessage) string {
 		return ""
 	}
 	return d
-}
-
-// logOnce logs a message the first time a key is seen.
-type logOnce struct {
-	mu   sync.Mutex
-	seen map[string]bool
-}
-
-func (l *logOnce) warn(log *slog.Logger, key, msg string, args ...any) {
-	l.mu.Lock()
-	if l.seen == nil {
-		l.seen = map[string]bool{}
-	}
-	first := !l.seen[key]
-	l.seen[key] = true
-	l.mu.Unlock()
-	if first {
-		log.Warn(msg, args...)
-	}
 }
