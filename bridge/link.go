@@ -155,7 +155,13 @@ func newBatchSizer(min, max int) *batchSizer {
 		min = max
 	}
 	s := &batchSizer{min: min, max: max}
-	s.cur.Store(int64(min))
+	// Start in the middle (geometrically): a fast link reaches the largest
+	// batches in a few acks, a slow one shrinks to the smallest as quickly.
+	start := min
+	for start*8 <= max && start < 1024 {
+		start *= 2
+	}
+	s.cur.Store(int64(start))
 	return s
 }
 

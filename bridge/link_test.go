@@ -345,8 +345,13 @@ func TestSetLinkAndPriorityWhileDraining(t *testing.T) {
 
 func TestBatchSizer(t *testing.T) {
 	s := newBatchSizer(64, 1000)
-	if s.size() != 64 {
-		t.Fatalf("start %d", s.size())
+	// starts above the floor (a fast link should not crawl up from 64),
+	// doubling from min while 8x stays within max: 64 -> 128
+	if s.size() != 128 {
+		t.Fatalf("start %d, want 128", s.size())
+	}
+	if big := newBatchSizer(64, 10000); big.size() != 1024 {
+		t.Fatalf("start with max 10000: %d, want 1024", big.size())
 	}
 	for range 20 {
 		s.batchDone(s.size(), 0, time.Millisecond)

@@ -65,7 +65,8 @@ type Options struct {
 	// (default 1s).
 	JanitorInterval time.Duration
 	// CompactMinFile: the file is compacted once it is at least this large
-	// (default 64 MiB) and less than a quarter of it holds undelivered data.
+	// (default 64 MiB), less than a quarter of it holds undelivered data, and
+	// that is at most 8 MiB (the copy pauses ingest: keep it short).
 	CompactMinFile int64
 	// Now is the clock for receive-time checks (default time.Now).
 	Now func() time.Time

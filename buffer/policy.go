@@ -359,11 +359,17 @@ func (b *Buffer) janitor() {
 	}
 }
 
-// shouldCompact: the file is large and mostly free space.
+// compactMaxLive bounds the live data a compaction copies: the copy holds
+// ingest and the drain, so it runs once a large backlog has (nearly) drained,
+// not while one is still draining.
+const compactMaxLive = 8 << 20
+
+// shouldCompact: the file is large, mostly free space, and little is left to
+// copy.
 func (b *Buffer) shouldCompact() bool {
 	size := b.FileSize()
 	_, live := b.Total()
-	return size >= b.opts.CompactMinFile && live*4 < size
+	return size >= b.opts.CompactMinFile && live*4 < size && live <= compactMaxLive
 }
 
 // CompactStats describes one compaction.

@@ -33,6 +33,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "alternating rounds of each")
 	compression := flag.String("compression", "zstd", "none | gzip | snappy | lz4 | zstd (both sides)")
 	partitions := flag.Int("partitions", 3, "partitions of the topic")
+	minBatch := flag.Int("min-batch", 0, "bridge MinBatchRecords (0 = the bridge's default)")
 	flag.Parse()
 
 	kcfg := config.Kafka{ClientID: "drainbench", Version: "2.8.0", Compression: *compression}
@@ -45,7 +46,7 @@ func main() {
 		}
 		kcfg.Brokers = cluster.Addrs
 
-		rate, err := drainBridge(kcfg, topic+"-bridge", *n, *size, *clients)
+		rate, err := drainBridge(kcfg, topic+"-bridge", *n, *size, *clients, *minBatch)
 		if err != nil {
 			fail(err)
 		}
@@ -75,7 +76,7 @@ func payload(size int) []byte { return bytes.Repeat([]byte("p"), size) }
 
 // drainBridge fills a fresh buffer with n records (outside the timing), then
 // times the bridge draining it until the buffer is empty.
-func drainBridge(k config.Kafka, topic string, n, size, clients int) (float64, error) {
+func drainBridge(k config.Kafka, topic string, n, size, clients, minBatch int) (float64, error) {
 	dir, err := os.MkdirTemp("", "drainbench-")
 	if err != nil {
 		return 0, err
@@ -113,7 +114,7 @@ func drainBridge(k config.Kafka, topic string, n, size, clients int) (float64, e
 	if appendErr != nil {
 		return 0, appendErr
 	}
-	br, err := bridge.New(buf, bridge.Options{Kafka: k, GatewayID: "bench", Logger: slog.New(slog.DiscardHandler)})
+	br, err := bridge.New(buf, bridge.Options{Kafka: k, GatewayID: "bench", MinBatchRecords: minBatch, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return 0, err
 	}
