@@ -21,6 +21,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Errors callers branch on.
@@ -186,7 +187,7 @@ func Open(opts Options) (*Buffer, error) {
 	}
 	b.SetLimits(opts.Limits)
 	err := b.openAndLoad()
-	if err != nil && !errors.Is(err, bolt.ErrTimeout) && !os.IsPermission(err) {
+	if isCorrupt(err) {
 		// A file we cannot read as a buffer must not become a crash loop:
 		// keep it for inspection and start a fresh one.
 		moved, qerr := quarantine(opts.Path, opts.Now())
@@ -206,6 +207,18 @@ func Open(opts Options) (*Buffer, error) {
 	return b, nil
 }
 
+// errCorruptFile marks a file bbolt panicked on while reading it.
+var errCorruptFile = errors.New("corrupt buffer file")
+
+// isCorrupt reports whether an open failure means the file's content is bad
+// (so it is moved aside), as opposed to a lock held by another process, a
+// permission, a full disk or an I/O error, where the file must stay put.
+func isCorrupt(err error) bool {
+	return errors.Is(err, errCorruptFile) || errors.Is(err, ErrCorruptRecord) ||
+		errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) ||
+		errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, berrors.ErrInvalidMapping)
+}
+
 // openAndLoad opens the file and reads its state; bbolt panics on some
 // corruptions, which become errors here.
 func (b *Buffer) openAndLoad() (err error) {
@@ -215,7 +228,7 @@ func (b *Buffer) openAndLoad() (err error) {
 				b.db.Close()
 				b.db = nil
 			}
-			err = fmt.Errorf("buffer: corrupt file %s: %v", b.opts.Path, r)
+			err = fmt.Errorf("buffer: %w: %s: %v", errCorruptFile, b.opts.Path, r)
 		}
 	}()
 	db, err := bolt.Open(b.opts.Path, 0o600, boltOptions())

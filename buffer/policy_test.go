@@ -292,3 +292,21 @@ func TestCorruptFileQuarantined(t *testing.T) {
 		})
 	}
 }
+
+// A valid file that cannot be opened for another reason (here: locked by a
+// running gateway) is an error, never moved aside.
+func TestLockedFileIsNotQuarantined(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	first := open(t, path, Options{})
+	first.AppendWait(rec("r", "c", 1))
+	if _, err := Open(Options{Path: path}); err == nil {
+		t.Fatal("second open of a locked file succeeded")
+	}
+	matches, _ := filepath.Glob(path + ".corrupt-*")
+	if len(matches) != 0 {
+		t.Fatalf("a valid, locked file was moved aside: %v", matches)
+	}
+	if n, _ := first.Total(); n != 1 {
+		t.Fatal("data lost")
+	}
+}
