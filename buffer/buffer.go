@@ -31,7 +31,7 @@ var (
 
 var (
 	metaBucket  = []byte("meta")
-	dedupBucket = []byte("dedup")
+	dedupBucket = []byte("dedup2") // one value per commit; see dedup.go
 	seqKeyName  = []byte("next_seq")
 )
 
@@ -265,7 +265,9 @@ func (b *Buffer) load() error {
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
 		}
-		b.dedup.load(dd)
+		if err := b.dedup.load(dd); err != nil {
+			return err
+		}
 		return tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
 			if !strings.HasPrefix(string(name), routePrefix) {
 				return nil
@@ -435,11 +437,7 @@ func (b *Buffer) commit(batch []*Append) {
 				return err
 			}
 			if a.Dedup.ClientID != "" {
-				e := dedupEntry{client: a.Dedup.ClientID, pid: a.Dedup.PacketID, hash: h, seq: s}
-				newDedup = append(newDedup, e)
-				if err := dd.Put(seqKey(s), e.encode()); err != nil {
-					return err
-				}
+				newDedup = append(newDedup, dedupEntry{client: a.Dedup.ClientID, pid: a.Dedup.PacketID, hash: h, seq: s})
 			}
 			bk, err := ch.bucket(tx, rec.Route)
 			if err != nil {
@@ -456,6 +454,12 @@ func (b *Buffer) commit(batch []*Append) {
 		}
 		if s == seq && !ch.evicted() {
 			return nil // only duplicates or refusals: nothing to write
+		}
+		if len(newDedup) > 0 {
+			// the batch's packet ids in one value, keyed by its first seq
+			if err := dd.Put(seqKey(newDedup[0].seq), encodeDedupBatch(newDedup)); err != nil {
+				return err
+			}
 		}
 		if err := tx.Bucket(metaBucket).Put(seqKeyName, seqKey(s)); err != nil {
 			return err

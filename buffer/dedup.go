@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+	"fmt"
 	"hash/fnv"
 
 	bolt "go.etcd.io/bbolt"
@@ -13,10 +14,12 @@ import (
 // it) is acknowledged again without storing a second copy. It is appended in
 // sequence order (cheap for bbolt) and mirrored in memory per client.
 
-const (
-	dedupPerClient = 128     // remembered packet ids per client: twice the usual in-flight window
-	dedupLogKeep   = 1 << 18 // log entries kept on disk and reloaded at open
-)
+// remembered packet ids per client: twice the usual in-flight window
+const dedupPerClient = 128
+
+// dedupLogKeep is how many log entries are kept on disk and reloaded at
+// open (a variable so tests can exercise pruning).
+var dedupLogKeep = 1 << 18
 
 type dedupEntry struct {
 	client string
@@ -25,23 +28,41 @@ type dedupEntry struct {
 	seq    uint64
 }
 
-func (e dedupEntry) encode() []byte {
-	v := make([]byte, 0, 10+len(e.client))
-	v = binary.BigEndian.AppendUint16(v, e.pid)
-	v = binary.BigEndian.AppendUint64(v, e.hash)
-	return append(v, e.client...)
+// encodeDedupBatch stores one commit's entries as one value: a count, then
+// per entry the packet id, hash, seq and client id. One bbolt insert per
+// commit instead of one per message.
+func encodeDedupBatch(entries []dedupEntry) []byte {
+	v := binary.AppendUvarint(nil, uint64(len(entries)))
+	for _, e := range entries {
+		v = binary.BigEndian.AppendUint16(v, e.pid)
+		v = binary.BigEndian.AppendUint64(v, e.hash)
+		v = binary.AppendUvarint(v, e.seq)
+		v = appendBytes(v, []byte(e.client))
+	}
+	return v
 }
 
-func decodeDedup(k, v []byte) (dedupEntry, bool) {
-	if len(k) != 8 || len(v) < 10 {
-		return dedupEntry{}, false
+func decodeDedupBatch(v []byte) ([]dedupEntry, error) {
+	d := decoder{b: v}
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(v)) {
+		return nil, ErrCorruptRecord
 	}
-	return dedupEntry{
-		pid:    binary.BigEndian.Uint16(v),
-		hash:   binary.BigEndian.Uint64(v[2:]),
-		client: string(v[10:]),
-		seq:    binary.BigEndian.Uint64(k),
-	}, true
+	out := make([]dedupEntry, 0, n)
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		if len(d.b) < 10 {
+			return nil, ErrCorruptRecord
+		}
+		e := dedupEntry{pid: binary.BigEndian.Uint16(d.b), hash: binary.BigEndian.Uint64(d.b[2:])}
+		d.b = d.b[10:]
+		e.seq = d.uvarint()
+		e.client = string(d.bytes())
+		out = append(out, e)
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return out, nil
 }
 
 func dedupHash(topic string, payload []byte) uint64 {
@@ -109,26 +130,31 @@ func lookupBatch(batch []dedupEntry, k DedupKey, hash uint64) (uint64, bool) {
 	return 0, false
 }
 
-// load reads the tail of the on-disk log into memory.
-func (d *dedupIndex) load(bk *bolt.Bucket) {
-	n := bk.Stats().KeyN
-	skip := n - dedupLogKeep
+// load reads the newest dedupLogKeep entries of the on-disk log into memory.
+func (d *dedupIndex) load(bk *bolt.Bucket) error {
+	var batches [][]dedupEntry
+	total := 0
 	c := bk.Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		if skip > 0 {
-			skip--
-			continue
+	for k, v := c.Last(); k != nil && total < dedupLogKeep; k, v = c.Prev() {
+		entries, err := decodeDedupBatch(v)
+		if err != nil {
+			return fmt.Errorf("buffer: dedup log: %w", err)
 		}
-		if e, ok := decodeDedup(k, v); ok {
+		batches = append(batches, entries)
+		total += len(entries)
+	}
+	for i := len(batches) - 1; i >= 0; i-- { // oldest first, so rings end newest
+		for _, e := range batches[i] {
 			d.add(e)
 		}
 	}
-	d.logN = n
+	d.logN = total
+	return nil
 }
 
 func (d *dedupIndex) needsPrune() bool { return d.logN > 2*dedupLogKeep }
 
-// pruneDedup trims the on-disk log to its newest dedupLogKeep entries.
+// pruneDedup trims the on-disk log to about its newest dedupLogKeep entries.
 func (b *Buffer) pruneDedup() {
 	var removed int
 	b.dbMu.RLock()
@@ -136,19 +162,24 @@ func (b *Buffer) pruneDedup() {
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		removed = 0
 		bk := tx.Bucket(dedupBucket)
-		n := bk.Stats().KeyN
-		// Collect first: deleting under a moving cursor skips keys.
-		var keys [][]byte
+		// walk back from the newest until dedupLogKeep entries are kept
+		kept := 0
 		c := bk.Cursor()
-		for k, _ := c.First(); k != nil && n-len(keys) > dedupLogKeep; k, _ = c.Next() {
+		k, v := c.Last()
+		for ; k != nil && kept < dedupLogKeep; k, v = c.Prev() {
+			kept += dedupCount(v)
+		}
+		// collect first: deleting under a moving cursor skips keys
+		var keys [][]byte
+		for ; k != nil; k, v = c.Prev() {
 			keys = append(keys, append([]byte(nil), k...))
+			removed += dedupCount(v)
 		}
 		for _, k := range keys {
 			if err := bk.Delete(k); err != nil {
 				return err
 			}
 		}
-		removed = len(keys)
 		return nil
 	})
 	if err != nil {
@@ -158,4 +189,12 @@ func (b *Buffer) pruneDedup() {
 	b.mu.Lock()
 	b.dedup.logN -= removed
 	b.mu.Unlock()
+}
+
+func dedupCount(v []byte) int {
+	n, k := binary.Uvarint(v)
+	if k <= 0 {
+		return 0
+	}
+	return int(n)
 }
