@@ -40,59 +40,9 @@ GW_ID=rbench
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gwrbench.XXXXXX")
 PIDS=()
 
-cleanup() {
-	local rc=$?
-	set +e
-	for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-	for _ in $(seq 100); do
-		local alive=0
-		for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-		[ "$alive" = 0 ] && break
-		sleep 0.1
-	done
-	for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-	wait 2>/dev/null
-	rm -rf "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'bench-receipts: %s\n' "$*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# free_port: below the ephemeral range (32768+), so that the connections
-# made meanwhile (10,000 terminals) cannot take it; never one handed out
-# before in this run. Sets PORT (a subshell could not remember the ports).
-USED_PORTS=" "
-free_port() {
-	local p
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 12000))
-		[[ "$USED_PORTS" == *" $p "* ]] && continue
-		port_open "$p" || { USED_PORTS+="$p "; PORT=$p; return; }
-	done
-	die "no free port found"
-}
-wait_port() {
-	local deadline=$((SECONDS + 30))
-	while ! port_open "$1"; do
-		kill -0 "$2" 2>/dev/null || { cat "$TMP/$3.log" >&2 || true; die "$3 exited before listening on $1"; }
-		[ "$SECONDS" -lt "$deadline" ] || die "$3 not listening on $1 after 30 s"
-		sleep 0.1
-	done
-}
-stop() {
-	kill -TERM "$1" 2>/dev/null || return 0
-	for _ in $(seq 100); do
-		kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
-		sleep 0.1
-	done
-	kill -KILL "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
-jget() { grep -o "\"$1\":[-0-9.e+]*" <<<"$2" | head -1 | cut -d: -f2; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+BENCH_NAME=bench-receipts
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 fmtn() { awk -v a="$2" -v d="$1" 'BEGIN { if (a=="-" || a=="") print "-"; else printf "%." d "f\n", a }'; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -109,11 +59,11 @@ start_stack() {
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	free_port
-	KP=$PORT
+	KP=$FREE_PORT
 	free_port
-	MP=$PORT
+	MP=$FREE_PORT
 	free_port
-	AP=$PORT
+	AP=$FREE_PORT
 	STACK_PIDS=()
 	bin/devkafka -addr "127.0.0.1:$KP" -data-dir "" -partitions 3 \
 		-topics "payments,receipts.$GW_ID,receipts.delivered" >"$TMP/devkafka.log" 2>&1 &

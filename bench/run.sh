@@ -35,79 +35,9 @@ GO=${GO:-go}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gwbench.XXXXXX")
 PIDS=()
 
-cleanup() {
-	local rc=$?
-	set +e
-	for pid in "${PIDS[@]}"; do
-		kill -TERM "$pid" 2>/dev/null
-	done
-	# Give them a moment to flush, then make sure.
-	for _ in $(seq 50); do
-		local alive=0
-		for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-		[ "$alive" = 0 ] && break
-		sleep 0.1
-	done
-	for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-	wait 2>/dev/null
-	rm -rf "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
-
-# port_open PORT: something accepts TCP on 127.0.0.1:PORT.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# free_port: a port nothing listens on now (probe random ports).
-# free_port sets FREE_PORT (not echoed: a subshell would lose USED_PORTS).
-# Ports are picked below Linux's ephemeral range (32768-60999), where the
-# thousands of client connections of a run take theirs, and never twice.
-USED_PORTS=" "
-free_port() {
-	local p
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 12000))
-		[[ "$USED_PORTS" == *" $p "* ]] && continue
-		if ! port_open "$p"; then
-			USED_PORTS+="$p "
-			FREE_PORT=$p
-			return
-		fi
-	done
-	die "no free port found"
-}
-
-# wait_port PORT PID NAME: until the port answers, the process dies or 30 s pass.
-wait_port() {
-	local deadline=$((SECONDS + 30))
-	while ! port_open "$1"; do
-		kill -0 "$2" 2>/dev/null || { cat "$TMP/$3.log" >&2 || true; die "$3 exited before listening on $1"; }
-		[ "$SECONDS" -lt "$deadline" ] || die "$3 not listening on $1 after 30 s"
-		sleep 0.1
-	done
-}
-
-# stop PID: TERM, wait up to 10 s, then KILL.
-stop() {
-	kill -TERM "$1" 2>/dev/null || return 0
-	for _ in $(seq 100); do
-		kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
-		sleep 0.1
-	done
-	kill -KILL "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
-
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-
-# jget KEY JSONLINE: a number field of loadgen's -json line.
-jget() { grep -o "\"$1\":[-0-9.e+]*" <<<"$2" | head -1 | cut -d: -f2; }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="-" || b=="-" || b+0==0) print "-"; else printf "%.2f", a/b }'; }
 
