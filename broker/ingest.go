@@ -176,12 +176,45 @@ func (h *ingestHook) isInjecting(cl *mqtt.Client) bool {
 func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 	defer h.b.ackers.Done()
 	b := h.b
-	for f := range st.queue {
-		r := <-f.result
+	// PUBACKs whose publishes are stored, written together: a client with
+	// many publishes in flight gets one write per commit, not one per
+	// message. They are flushed before anything else is written to the
+	// client and before waiting, so order and latency are kept.
+	var acks []byte
+	flush := func() {
+		if len(acks) > 0 {
+			b.writeRaw(cl, acks)
+			acks = acks[:0]
+		}
+	}
+	for {
+		var f *inflight
+		select {
+		case f = <-st.queue:
+		default:
+			flush()
+			var ok bool
+			if f, ok = <-st.queue; !ok {
+				return
+			}
+		}
+		if f == nil {
+			flush()
+			return // queue closed
+		}
+		var r buffer.Result
+		select {
+		case r = <-f.result:
+		default:
+			flush()
+			r = <-f.result
+		}
 		switch {
 		case f.code.Code != 0:
+			flush()
 			b.refuse(cl, f.pk, f.code)
 		case r.Err != nil:
+			flush()
 			reason, code := "write_failed", packets.ErrUnspecifiedError
 			switch {
 			case errors.Is(r.Err, buffer.ErrRouteFull), errors.Is(r.Err, buffer.ErrDiskFull):
@@ -196,29 +229,50 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 			if f.route != "" {
 				b.countStored(f.route, r)
 			}
-			b.acknowledge(cl, st, f.pk)
+			if b.directAck(f.pk) {
+				// PUBACK, remaining length 2, packet id (success needs no
+				// reason code in MQTT 5 either)
+				acks = append(acks, packets.Puback<<4, 2, byte(f.pk.PacketID>>8), byte(f.pk.PacketID))
+			} else {
+				flush()
+				b.inject(cl, st, f.pk)
+			}
 		}
 		<-st.slots
 	}
 }
 
-// acknowledge PUBACKs a stored publish and delivers it to local subscribers.
-// When nothing local wants it (the common case: a terminal's telemetry or
-// payment), the PUBACK is written directly; otherwise, and for retained or
-// QoS 2 publishes, the publish goes through mochi again, marked as stored,
-// so that mochi acknowledges, retains and fans it out as usual.
-func (b *Broker) acknowledge(cl *mqtt.Client, st *clientState, pk packets.Packet) {
-	var err error
-	if pk.FixedHeader.Qos == 1 && !pk.FixedHeader.Retain && !b.hasLocalSubscribers(pk.TopicName) {
-		err = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
-	} else {
-		pk.Mods.MaxSize = injectMark
-		st.injecting.Store(true)
-		err = b.server.InjectPacket(cl, pk)
-		st.injecting.Store(false)
-	}
+// directAck reports whether a stored publish needs nothing but its PUBACK:
+// QoS 1, not retained, and no local subscriber (the common case: a
+// terminal's telemetry or payment). Otherwise it goes through mochi again
+// (inject), so mochi acknowledges, retains and fans it out as usual.
+func (b *Broker) directAck(pk packets.Packet) bool {
+	return pk.FixedHeader.Qos == 1 && !pk.FixedHeader.Retain && !b.hasLocalSubscribers(pk.TopicName)
+}
+
+// inject hands a stored publish back to mochi, marked as stored.
+func (b *Broker) inject(cl *mqtt.Client, st *clientState, pk packets.Packet) {
+	pk.Mods.MaxSize = injectMark
+	st.injecting.Store(true)
+	err := b.server.InjectPacket(cl, pk)
+	st.injecting.Store(false)
 	if err != nil && !cl.Closed() {
 		b.log.Debug("puback after commit failed", "client", cl.ID, "error", err)
+	}
+}
+
+// writeRaw writes encoded packets to the client under the client's lock, as
+// mochi's WritePacket does (the gateway sets no client write buffer, so
+// mochi writes straight to the connection too).
+func (b *Broker) writeRaw(cl *mqtt.Client, p []byte) {
+	if cl.Closed() {
+		return
+	}
+	cl.Lock()
+	_, err := cl.Net.Conn.Write(p)
+	cl.Unlock()
+	if err != nil && !cl.Closed() {
+		b.log.Debug("puback write failed", "client", cl.ID, "error", err)
 	}
 }
 
