@@ -10,8 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,49 +68,6 @@ func (g *gatewayProc) metric(name string) float64 {
 	return v
 }
 
-// publisher sends QoS-1 publishes "<id>/<i>" on one client, one at a time,
-// and remembers what was PUBACKed.
-type publisher struct {
-	id    string
-	acked atomic.Int64 // count of acknowledged publishes; they are 0..acked-1
-	stop  chan struct{}
-	wg    sync.WaitGroup
-}
-
-func startPublisher(t *testing.T, g *gatewayProc, id, kind string) *publisher {
-	cl := mqttClient(t, g.mqttAddr, id, false)
-	p := &publisher{id: id, stop: make(chan struct{})}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-p.stop:
-				return
-			default:
-			}
-			tok := cl.Publish(fmt.Sprintf("terminals/%s/%s/x", id, kind), 1, false, fmt.Sprintf("%s/%d", id, i))
-			if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-				t.Errorf("publish %s/%d: %v", id, i, tok.Error())
-				return
-			}
-			p.acked.Add(1)
-			time.Sleep(time.Millisecond) // pacing of the load, not synchronisation
-		}
-	}()
-	t.Cleanup(p.halt)
-	return p
-}
-
-func (p *publisher) halt() {
-	select {
-	case <-p.stop:
-	default:
-		close(p.stop)
-	}
-	p.wg.Wait()
-}
-
 // A route's Kafka topic changes in the file while a terminal publishes:
 // the gateway picks it up without a restart, messages after the change go
 // to the new topic, those before it to the old one, none is lost and the
@@ -121,17 +76,18 @@ func TestReloadRouteTopicWhilePublishing(t *testing.T) {
 	kafka := testkit.Kafka(t, testkit.Topics(3, "payments", "telemetry", "telemetry.v2"))
 	g := newGateway(t, kafka.Addrs, "")
 	g.start()
-	p := startPublisher(t, g, "term-r", "telemetry")
-	testkit.Eventually(t, 30*time.Second, func() bool { return p.acked.Load() >= 200 }, "publishes before the reload")
+	// one client publishing "term-r-0/<i>", one at a time: acknowledged are 0..n-1
+	p := startPublishers(t, g.mqttAddr, "term-r", "telemetry", 1, false)
+	p.waitMore(t, 200, "publishes before the reload")
 
 	g.rewriteConfig("kafka_topic: telemetry,", "kafka_topic: telemetry.v2,")
 	testkit.Eventually(t, 30*time.Second, func() bool { return g.runningConfig()["routes[1].kafka_topic"] == "telemetry.v2" }, "reload not applied")
 	// Messages 0..applied-1 are acknowledged; message applied may have been
 	// in flight during the switch; every later one was published after it.
-	applied := p.acked.Load()
-	testkit.Eventually(t, 30*time.Second, func() bool { return p.acked.Load() >= applied+200 }, "publishes after the reload")
+	applied := p.n.Load()
+	p.waitMore(t, 200, "publishes after the reload")
 	p.halt()
-	total := int(p.acked.Load())
+	total := int(p.n.Load())
 
 	cons := testkit.Consume(t, kafka.Addrs, []string{"telemetry", "telemetry.v2"})
 	recs := cons.WaitN(t, total, 60*time.Second)
@@ -139,7 +95,7 @@ func TestReloadRouteTopicWhilePublishing(t *testing.T) {
 	seen := map[int]bool{}
 	for _, r := range recs {
 		client, n := parsePayload(t, r.Value)
-		if client != "term-r" {
+		if client != "term-r-0" {
 			t.Fatalf("unexpected record %q", r.Value)
 		}
 		seen[n] = true
