@@ -417,29 +417,12 @@ func (c *client) publish(cfg config, st *stats, start, deadline time.Time, end <
 		}
 	}()
 
-	// Per-client share of the total rate; clients start spread over one
-	// interval so that a rate limit does not send in bursts.
-	var interval time.Duration
-	next := start
-	if cfg.rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(cfg.clients) / cfg.rate)
-		next = start.Add(interval * time.Duration(c.idx) / time.Duration(cfg.clients))
-	}
+	pace := newPacer(cfg, c.idx, start)
 	qos := byte(cfg.qos)
 loop:
 	for !c.lost.Load() {
-		if interval > 0 {
-			if next.After(deadline) {
-				break
-			}
-			if d := time.Until(next); d > 0 {
-				select {
-				case <-time.After(d):
-				case <-end:
-					break loop
-				}
-			}
-			next = next.Add(interval)
+		if !pace.wait(deadline, end) {
+			break loop
 		}
 		select {
 		case window <- struct{}{}:
@@ -523,4 +506,41 @@ func rateStr(r float64) string {
 		return "unlimited"
 	}
 	return strconv.FormatFloat(r, 'f', -1, 64) + "/s"
+}
+
+// pacer spaces one client's sends at its share of the total rate; clients
+// start spread over one interval so that a rate limit does not send in
+// bursts. With no rate it never waits.
+type pacer struct {
+	interval time.Duration
+	next     time.Time
+}
+
+func newPacer(cfg config, idx int, start time.Time) *pacer {
+	p := &pacer{next: start}
+	if cfg.rate > 0 {
+		p.interval = time.Duration(float64(time.Second) * float64(cfg.clients) / cfg.rate)
+		p.next = start.Add(p.interval * time.Duration(idx) / time.Duration(cfg.clients))
+	}
+	return p
+}
+
+// wait blocks until the next send is due; false once that is past the
+// deadline or end is closed.
+func (p *pacer) wait(deadline time.Time, end <-chan struct{}) bool {
+	if p.interval == 0 {
+		return true
+	}
+	if p.next.After(deadline) {
+		return false
+	}
+	if d := time.Until(p.next); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-end:
+			return false
+		}
+	}
+	p.next = p.next.Add(p.interval)
+	return true
 }

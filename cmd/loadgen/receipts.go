@@ -91,27 +91,12 @@ func (c *client) subscribeReceipts(cfg config, st *stats, rs *receiptsStats) (*r
 // payments sends payments until the deadline (at most cfg.inflight awaiting
 // their receipts), then waits up to drainTimeout for the outstanding ones.
 func (c *client) payments(cfg config, st *stats, s *rtState, runID string, start, deadline time.Time, end <-chan struct{}) {
-	var interval time.Duration
-	next := start
-	if cfg.rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(cfg.clients) / cfg.rate)
-		next = start.Add(interval * time.Duration(c.idx) / time.Duration(cfg.clients))
-	}
+	pace := newPacer(cfg, c.idx, start)
 	pad := string(makePayload(max(cfg.size-60, 0), c.idx))
 loop:
 	for n := 0; !c.lost.Load(); n++ {
-		if interval > 0 {
-			if next.After(deadline) {
-				break
-			}
-			if d := time.Until(next); d > 0 {
-				select {
-				case <-time.After(d):
-				case <-end:
-					break loop
-				}
-			}
-			next = next.Add(interval)
+		if !pace.wait(deadline, end) {
+			break loop
 		}
 		select {
 		case s.window <- struct{}{}:
