@@ -6,6 +6,8 @@ import (
 	"hash/fnv"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgegw/gateway/internal/wire"
 )
 
 // The dedup log remembers, per client, the packet ids of recent QoS>0
@@ -37,30 +39,30 @@ func encodeDedupBatch(entries []dedupEntry) []byte {
 		v = binary.BigEndian.AppendUint16(v, e.pid)
 		v = binary.BigEndian.AppendUint64(v, e.hash)
 		v = binary.AppendUvarint(v, e.seq)
-		v = appendBytes(v, []byte(e.client))
+		v = wire.AppendBytes(v, []byte(e.client))
 	}
 	return v
 }
 
 func decodeDedupBatch(v []byte) ([]dedupEntry, error) {
-	d := decoder{b: v}
-	n := d.uvarint()
-	if d.err != nil || n > uint64(len(v)) {
+	d := wire.Decoder{B: v}
+	n := d.Uvarint()
+	if d.Err != nil || n > uint64(len(v)) {
 		return nil, ErrCorruptRecord
 	}
 	out := make([]dedupEntry, 0, n)
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		if len(d.b) < 10 {
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		if len(d.B) < 10 {
 			return nil, ErrCorruptRecord
 		}
-		e := dedupEntry{pid: binary.BigEndian.Uint16(d.b), hash: binary.BigEndian.Uint64(d.b[2:])}
-		d.b = d.b[10:]
-		e.seq = d.uvarint()
-		e.client = string(d.bytes())
+		e := dedupEntry{pid: binary.BigEndian.Uint16(d.B), hash: binary.BigEndian.Uint64(d.B[2:])}
+		d.B = d.B[10:]
+		e.seq = d.Uvarint()
+		e.client = string(d.Bytes())
 		out = append(out, e)
 	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, ErrCorruptRecord
 	}
 	return out, nil
 }

@@ -240,7 +240,6 @@ func TestCompactionWhileAppending(t *testing.T) {
 	}
 }
 
-
 func testPoll(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/edgegw/gateway/internal/wire"
 )
 
 // Record is one buffered uplink message. Its Kafka topic and key are decided
@@ -47,22 +49,17 @@ func (r *Record) size() int {
 func (r *Record) marshal(dst []byte) []byte {
 	dst = append(dst, recordVersion)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(r.Received.UnixNano()))
-	dst = appendBytes(dst, []byte(r.KafkaTopic))
-	dst = appendBytes(dst, r.Key)
-	dst = appendBytes(dst, []byte(r.MQTTTopic))
-	dst = appendBytes(dst, []byte(r.ClientID))
-	dst = appendBytes(dst, r.Payload)
+	dst = wire.AppendBytes(dst, []byte(r.KafkaTopic))
+	dst = wire.AppendBytes(dst, r.Key)
+	dst = wire.AppendBytes(dst, []byte(r.MQTTTopic))
+	dst = wire.AppendBytes(dst, []byte(r.ClientID))
+	dst = wire.AppendBytes(dst, r.Payload)
 	dst = binary.AppendUvarint(dst, uint64(len(r.Headers)))
 	for _, h := range r.Headers {
-		dst = appendBytes(dst, []byte(h.Key))
-		dst = appendBytes(dst, h.Value)
+		dst = wire.AppendBytes(dst, []byte(h.Key))
+		dst = wire.AppendBytes(dst, h.Value)
 	}
 	return dst
-}
-
-func appendBytes(dst, b []byte) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(b)))
-	return append(dst, b...)
 }
 
 // unmarshal decodes a value written by marshal. The result copies nothing it
@@ -72,26 +69,29 @@ func (r *Record) unmarshal(b []byte) error {
 		return ErrCorruptRecord
 	}
 	r.Received = time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9])))
-	d := decoder{b: b[9:]}
-	r.KafkaTopic = string(d.bytes())
-	r.Key = d.bytes()
-	r.MQTTTopic = string(d.bytes())
-	r.ClientID = string(d.bytes())
-	r.Payload = d.bytes()
-	n := d.uvarint()
-	if d.err == nil && n > uint64(len(d.b)) {
-		d.err = ErrCorruptRecord
+	d := wire.Decoder{B: b[9:]}
+	r.KafkaTopic = string(d.Bytes())
+	r.Key = d.Bytes()
+	r.MQTTTopic = string(d.Bytes())
+	r.ClientID = string(d.Bytes())
+	r.Payload = d.Bytes()
+	n := d.Uvarint()
+	if d.Err == nil && n > uint64(len(d.B)) {
+		d.Err = ErrCorruptRecord
 	}
 	r.Headers = nil
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		k := string(d.bytes())
-		v := d.bytes()
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		k := string(d.Bytes())
+		v := d.Bytes()
 		r.Headers = append(r.Headers, Header{Key: k, Value: v})
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", ErrCorruptRecord, len(d.b))
+	if errors.Is(d.Err, wire.ErrCorrupt) {
+		return ErrCorruptRecord
 	}
-	return d.err
+	if d.Err == nil && len(d.B) != 0 {
+		d.Err = fmt.Errorf("%w: %d trailing bytes", ErrCorruptRecord, len(d.B))
+	}
+	return d.Err
 }
 
 // receivedOf reads only the receive time of an encoded record.
@@ -100,38 +100,6 @@ func receivedOf(b []byte) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9]))), true
-}
-
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = ErrCorruptRecord
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.b)) {
-		d.err = ErrCorruptRecord
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
 }
 
 func seqKey(seq uint64) []byte {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgegw/gateway/internal/wire"
 )
 
 // The outbox file (receipts.db, apart from the uplink buffer's file: bbolt
@@ -341,18 +343,13 @@ func encodeReceipt(rc *receipt) []byte {
 	b = binary.AppendVarint(b, rc.Stored.UnixNano())
 	b = binary.AppendVarint(b, int64(rc.Partition))
 	b = binary.AppendVarint(b, rc.Offset)
-	b = appendBytes(b, []byte(rc.Topic))
+	b = wire.AppendBytes(b, []byte(rc.Topic))
 	b = binary.AppendUvarint(b, uint64(len(rc.Headers)))
 	for _, h := range rc.Headers {
-		b = appendBytes(b, []byte(h.Key))
-		b = appendBytes(b, h.Value)
+		b = wire.AppendBytes(b, []byte(h.Key))
+		b = wire.AppendBytes(b, h.Value)
 	}
 	return append(b, rc.Payload...)
-}
-
-func appendBytes(b, v []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
 }
 
 func decodeStored(v []byte) (time.Time, error) {
@@ -369,72 +366,27 @@ func decodeStored(v []byte) (time.Time, error) {
 // decodeReceipt copies everything out of v (bbolt memory is valid only
 // inside its transaction).
 func decodeReceipt(v []byte) (receipt, error) {
-	d := decoder{b: v}
+	d := wire.Decoder{B: v}
 	if len(v) == 0 || v[0] != encVersion {
 		return receipt{}, errCorrupt
 	}
-	d.b = d.b[1:]
+	d.B = d.B[1:]
 	var rc receipt
-	rc.Stored = time.Unix(0, d.varint())
-	rc.Partition = int32(d.varint())
-	rc.Offset = d.varint()
-	rc.Topic = string(d.bytes())
-	nh := d.uvarint()
-	if d.err == nil && nh > uint64(len(d.b)) {
-		d.err = errCorrupt
+	rc.Stored = time.Unix(0, d.Varint())
+	rc.Partition = int32(d.Varint())
+	rc.Offset = d.Varint()
+	rc.Topic = string(d.Bytes())
+	nh := d.Uvarint()
+	if d.Err == nil && nh > uint64(len(d.B)) {
+		d.Err = errCorrupt
 	}
-	for i := uint64(0); i < nh && d.err == nil; i++ {
-		k := string(d.bytes())
-		rc.Headers = append(rc.Headers, header{Key: k, Value: bytes.Clone(d.bytes())})
+	for i := uint64(0); i < nh && d.Err == nil; i++ {
+		k := string(d.Bytes())
+		rc.Headers = append(rc.Headers, header{Key: k, Value: bytes.Clone(d.Bytes())})
 	}
-	if d.err != nil {
-		return receipt{}, d.err
+	if d.Err != nil {
+		return receipt{}, errCorrupt
 	}
-	rc.Payload = bytes.Clone(d.b)
+	rc.Payload = bytes.Clone(d.B)
 	return rc, nil
-}
-
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errCorrupt
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errCorrupt
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.b)) {
-		d.err = errCorrupt
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
 }
