@@ -39,12 +39,12 @@ routes:
 `
 
 // start runs a broker on a buffer in dir (a new temp dir if "").
-func start(t *testing.T, dir, extraYAML string, bopts buffer.Options) *env {
+func start(t *testing.T, dir, extraYAML string, bopts buffer.Options, environ ...string) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	cfg, err := config.Parse([]byte(baseYAML+extraYAML), []string{"GATEWAY_DATA_DIR=" + dir})
+	cfg, err := config.Parse([]byte(baseYAML+extraYAML), append(environ, "GATEWAY_DATA_DIR="+dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,15 +102,6 @@ func total(b *buffer.Buffer) int64 { n, _ := b.Total(); return n }
 // message committed.
 func TestPubackOnlyAfterCommit(t *testing.T) {
 	gate := make(chan struct{})
-	t.Cleanup(func() {
-		for {
-			select {
-			case gate <- struct{}{}:
-			default:
-				return
-			}
-		}
-	})
 	var held atomic.Bool
 	var committed sync.Map
 	e := start(t, "", "", buffer.Options{
@@ -124,6 +115,17 @@ func TestPubackOnlyAfterCommit(t *testing.T) {
 				committed.Store(s, true)
 			}
 		},
+	})
+	// after start (cleanups run last-first, and stopping waits for a held
+	// commit): let any commit still held go
+	t.Cleanup(func() {
+		for {
+			select {
+			case gate <- struct{}{}:
+			case <-time.After(100 * time.Millisecond):
+				return
+			}
+		}
 	})
 	for _, v := range []byte{4, 5} {
 		held.Store(false)
@@ -206,7 +208,6 @@ func TestFailedWriteIsNeverAcked(t *testing.T) {
 func TestSingleClientIsPipelined(t *testing.T) {
 	gate := make(chan struct{})
 	var release sync.Once
-	t.Cleanup(func() { release.Do(func() { close(gate) }) })
 	var first atomic.Bool
 	var firstBatch atomic.Int64
 	var mu sync.Mutex
@@ -221,6 +222,7 @@ func TestSingleClientIsPipelined(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}})
+	t.Cleanup(func() { release.Do(func() { close(gate) }) }) // after start: cleanups run last-first
 	c := dialRaw(t, e.addr, 4, "term-p", true)
 	for i := 1; i <= 32; i++ {
 		c.publish(1, uint16(i), false, "terminals/term-p/telemetry/t", []byte(fmt.Sprint(i)))
@@ -572,5 +574,44 @@ func TestGlobalBudgetRefuses(t *testing.T) {
 	}
 	if n := total(e.buf); n != int64(acked) {
 		t.Fatalf("%d stored, %d acknowledged", n, acked)
+	}
+}
+
+// Invariant 5 (bounded): while commits are held, one client flooding
+// publishes has at most mqtt.max_inflight of them in memory; the rest wait
+// in TCP (the broker stops reading that client), and all are acknowledged
+// once commits resume.
+func TestClientInflightIsBounded(t *testing.T) {
+	gate := make(chan struct{})
+	var release sync.Once
+	var held atomic.Bool
+	var inHeld atomic.Int64 // publishes inside the held commit
+	e := start(t, "", "", buffer.Options{
+		BeforeCommit: func(seqs []uint64) error {
+			if held.CompareAndSwap(false, true) {
+				inHeld.Store(int64(len(seqs)))
+				<-gate
+			}
+			return nil
+		},
+	}, "GATEWAY_MQTT_MAX_INFLIGHT=8")
+	// after start: cleanups run last-first, and stopping waits for the commit
+	t.Cleanup(func() { release.Do(func() { close(gate) }) })
+	c := dialRaw(t, e.addr, 4, "term-flood", true)
+	for i := 1; i <= 100; i++ {
+		c.publish(1, uint16(i), false, "terminals/term-flood/telemetry/t", []byte("x"))
+	}
+	eventually(t, "the first commit to be held", held.Load)
+	inMemory := func() int64 { return inHeld.Load() + int64(e.buf.Queued()) }
+	eventually(t, "the client's in-flight window to fill", func() bool { return inMemory() >= 8 })
+	time.Sleep(300 * time.Millisecond) // give a leak the chance to show
+	if n := inMemory(); n > 8 {
+		t.Fatalf("%d publishes of one client held in memory, max_inflight is 8", n)
+	}
+	release.Do(func() { close(gate) })
+	for i := 1; i <= 100; i++ {
+		if pid, _ := c.expectPuback(); pid != uint16(i) {
+			t.Fatalf("PUBACK %d: pid %d", i, pid)
+		}
 	}
 }

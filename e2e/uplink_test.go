@@ -160,12 +160,18 @@ func TestSigkillLosesNothingAcknowledged(t *testing.T) {
 
 	recs := pubs.waitAllInKafka(t, kafka.Addrs, "payments")
 	seen := map[string]bool{}
+	bySeq := map[string]string{} // gw.seq -> payload: never reused, also across crashes
 	dups := 0
 	for _, r := range recs {
 		if seen[string(r.Value)] {
 			dups++
 		}
 		seen[string(r.Value)] = true
+		seq, _ := header(r, "gw.seq")
+		if prev, ok := bySeq[seq]; ok && prev != string(r.Value) {
+			t.Fatalf("gw.seq %s given to both %q and %q", seq, prev, r.Value)
+		}
+		bySeq[seq] = string(r.Value)
 	}
 	t.Logf("5 SIGKILLs: %d acknowledged, %d records in Kafka, %d duplicates (allowed with exactly_once: false)", pubs.n.Load(), len(recs), dups)
 }
