@@ -56,6 +56,16 @@ func TestReconnectStorm(t *testing.T) {
 		tm.subscribe(t, "terminals/"+id(i)+"/receipts")
 		tm.c.Disconnect(50)
 	})
+	// offline means offline for the broker too: a disconnect not yet
+	// processed would take (and acknowledge) receipts meant to wait
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		for _, i := range persistent {
+			if cl, ok := e.brk.Server().Clients.Get(id(i)); ok && !cl.Closed() {
+				return false
+			}
+		}
+		return true
+	}, "persistent devices disconnected")
 
 	start := time.Now()
 	for i := 0; i < devices; i++ {
