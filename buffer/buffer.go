@@ -607,6 +607,47 @@ func (b *Buffer) Delete(refs []Ref) error {
 	return nil
 }
 
+// DeleteThrough removes every record of route with a gw.seq at or below seq
+// and reports how many there were. The exactly-once drain calls it with the
+// marks Kafka committed, so a record that reached Kafka before a crash is not
+// sent again.
+func (b *Buffer) DeleteThrough(route string, seq uint64) (int, error) {
+	var rm RouteStats
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		rm = RouteStats{}
+		bk := tx.Bucket([]byte(routePrefix + route))
+		if bk == nil {
+			return nil
+		}
+		// collect first: deleting under a moving cursor skips keys
+		var keys [][]byte
+		c := bk.Cursor()
+		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq; k, v = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+			rm.Messages++
+			rm.Bytes += int64(len(k) + len(v))
+		}
+		for _, k := range keys {
+			if err := bk.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("buffer: delete through %q/%d: %w", route, seq, err)
+	}
+	b.mu.Lock()
+	if st := b.routes[route]; st != nil {
+		st.Messages -= rm.Messages
+		st.Bytes -= rm.Bytes
+	}
+	b.mu.Unlock()
+	return int(rm.Messages), nil
+}
+
 func (b *Buffer) routeNames() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

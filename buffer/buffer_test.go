@@ -367,3 +367,48 @@ func FuzzDedupBatchDecode(f *testing.F) {
 		}
 	})
 }
+
+// DeleteThrough removes exactly a route's records at or below the mark:
+// nothing above it, nothing of another route.
+func TestDeleteThrough(t *testing.T) {
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{})
+	var seqs []uint64
+	for i := 0; i < 20; i++ {
+		route := "tele"
+		if i%2 == 1 {
+			route = "pay"
+		}
+		res, err := b.AppendWait(rec(route, "c1", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, res.Seq)
+	}
+	// through the 10th record: tele has 5 at or below it (i = 0,2,4,6,8)
+	n, err := b.DeleteThrough("tele", seqs[9])
+	if err != nil || n != 5 {
+		t.Fatalf("deleted %d: %v", n, err)
+	}
+	if n, err := b.DeleteThrough("tele", seqs[9]); err != nil || n != 0 {
+		t.Fatalf("repeated: deleted %d: %v", n, err)
+	}
+	if n, err := b.DeleteThrough("nosuchroute", 1<<62); err != nil || n != 0 {
+		t.Fatalf("unknown route: deleted %d: %v", n, err)
+	}
+	st := b.Stats()
+	if st["tele"].Messages != 5 || st["pay"].Messages != 10 {
+		t.Fatalf("stats after delete: %+v", st)
+	}
+	got, err := b.Read(nil, prio(nil), 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range got {
+		if r.Route == "tele" && r.Seq <= seqs[9] {
+			t.Fatalf("record %d at or below the mark survived", r.Seq)
+		}
+	}
+	if len(got) != 15 {
+		t.Fatalf("read %d records, want 15", len(got))
+	}
+}
