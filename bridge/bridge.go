@@ -147,16 +147,17 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 	if opts.GatewayID == "" {
 		return nil, errors.New("bridge: gateway id is required (it is the gw.id header)")
 	}
-	if opts.Kafka.ExactlyOnce {
-		// Accepted so a config can state it; the transactional drain is a
-		// later issue. Say so rather than pretend.
-		if opts.Logger != nil {
-			opts.Logger.Warn("kafka.exactly_once is not implemented yet: draining at-least-once (gw.id+gw.seq identify duplicates)")
-		}
-	}
 	base, err := NewSaramaConfig(opts.Kafka)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Kafka.ExactlyOnce {
+		// One transaction per batch (see exactlyonce.go), one at a time:
+		// the next batch is read and sent while the committed one is
+		// being deleted.
+		base.Producer.Transaction.ID = transactionalID(opts.GatewayID)
+		base.Consumer.IsolationLevel = sarama.ReadCommitted
+		opts.MaxInflightBatches = 2
 	}
 	if opts.MaxBatchRecords <= 0 {
 		opts.MaxBatchRecords = DefaultMaxBatchRecords

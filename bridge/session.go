@@ -54,6 +54,9 @@ type batch struct {
 	pending int // results still to come, plus one while submitting
 	failed  int
 	sentAt  time.Time // when the last record was handed to sarama
+	// aborted: exactly-once, the batch's transaction did not commit, so
+	// nothing of it is deleted whatever Kafka acknowledged.
+	aborted bool
 }
 
 // messageBytes is what the bandwidth cap counts for a record: key, value
@@ -116,6 +119,14 @@ func (b *Bridge) connect() (*session, error) {
 	go s.pollErrors()
 	s.deleterWG.Add(1)
 	go s.deleter()
+	if b.opts.Kafka.ExactlyOnce {
+		// The producer has registered the transactional id, so any
+		// transaction a crashed run left open is aborted by now.
+		if err := s.skipCommitted(); err != nil {
+			s.shutdown()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -178,6 +189,15 @@ func (s *session) drain() error {
 		s.batches++
 		s.mu.Unlock()
 		b.m.inflight.Add(float64(len(recs)))
+		txn := b.opts.Kafka.ExactlyOnce
+		if txn {
+			if err := s.prod.BeginTxn(); err != nil {
+				err = fmt.Errorf("bridge: begin transaction: %w", err)
+				s.f.kill(err)
+				s.abort(bt, len(recs))
+				return err
+			}
+		}
 		sent := 0
 	submit:
 		for i := range recs {
@@ -198,9 +218,91 @@ func (s *session) drain() error {
 				break submit
 			}
 		}
+		if txn {
+			if err := s.commitTxn(bt, sent, cursors); err != nil {
+				return err
+			}
+			b.m.batches.Inc()
+			continue
+		}
 		s.submitted(bt, len(recs)-sent)
 		b.m.batches.Inc()
 	}
+}
+
+// commitTxn ends an exactly-once batch: the marks of its routes go into the
+// same transaction, which commits only if every record was sent; otherwise
+// it is aborted and nothing of the batch is deleted.
+func (s *session) commitTxn(bt *batch, sent int, cursors map[string]uint64) error {
+	b := s.b
+	if sent < len(bt.recs) {
+		err := s.f.error()
+		if err == nil {
+			err = errClosing
+		}
+		_ = s.prod.AbortTxn()
+		s.abort(bt, len(bt.recs)-sent)
+		return err
+	}
+	routes := map[string]bool{}
+	for i := range bt.recs {
+		routes[bt.recs[i].Route] = true
+	}
+	for route := range routes {
+		select {
+		case s.prod.Input() <- b.markMessage(route, cursors[route]):
+		case <-b.quit:
+			_ = s.prod.AbortTxn()
+			s.abort(bt, 0)
+			return nil
+		case <-s.f.fenced:
+			s.abort(bt, 0)
+			return s.f.error()
+		}
+	}
+	if err := s.commitWatched(); err != nil {
+		err = fmt.Errorf("bridge: commit transaction: %w", err)
+		_ = s.prod.AbortTxn()
+		s.f.kill(err)
+		s.abort(bt, 0)
+		return err
+	}
+	s.submitted(bt, 0)
+	return nil
+}
+
+// commitWatched commits the transaction. sarama's CommitTxn waits for every
+// record of it, retrying while Kafka does not answer; meanwhile the link is
+// reported down as the pipelined drain reports it (checkStall), and also
+// when only the commit itself goes unanswered.
+func (s *session) commitWatched() error {
+	done := make(chan error, 1)
+	go func() { done <- s.prod.CommitTxn() }()
+	tick := time.NewTicker(idleTick)
+	defer tick.Stop()
+	start, reported := time.Now(), false
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			s.checkStall()
+			if !reported && time.Since(start) > stallAfter {
+				reported = true
+				s.b.sizer.shrink()
+				s.b.setDown(fmt.Errorf("kafka has not completed a transaction commit for %v", stallAfter))
+			}
+		}
+	}
+}
+
+// abort releases a batch whose transaction did not commit: it is not
+// deleted, and is read again by the next session.
+func (s *session) abort(bt *batch, unsent int) {
+	s.mu.Lock()
+	bt.aborted = true
+	s.mu.Unlock()
+	s.submitted(bt, unsent)
 }
 
 // submitted releases the batch's submitting hold and the records never
@@ -306,8 +408,11 @@ func (s *session) deleter() {
 	for bt := range s.completed {
 		s.b.sizer.batchDone(len(bt.recs), bt.failed, time.Since(bt.sentAt))
 		refs := make([]buffer.Ref, 0, len(bt.recs))
+		s.mu.Lock()
+		aborted := bt.aborted
+		s.mu.Unlock()
 		for i, ok := range bt.acked {
-			if ok {
+			if ok && !aborted {
 				refs = append(refs, buffer.Ref{Route: bt.recs[i].Route, Seq: bt.recs[i].Seq})
 			}
 		}
