@@ -34,6 +34,7 @@ func main() {
 	compression := flag.String("compression", "zstd", "none | gzip | snappy | lz4 | zstd (both sides)")
 	partitions := flag.Int("partitions", 3, "partitions of the topic")
 	minBatch := flag.Int("min-batch", 0, "bridge MinBatchRecords (0 = the bridge's default)")
+	exactlyOnce := flag.Bool("exactly-once", false, "the bridge drains transactionally (kafka.exactly_once); the bare producer stays idempotent, not transactional")
 	flag.Parse()
 
 	kcfg := config.Kafka{ClientID: "drainbench", Version: "2.8.0", Compression: *compression}
@@ -45,8 +46,10 @@ func main() {
 			fail(err)
 		}
 		kcfg.Brokers = cluster.Addrs
+		eos := kcfg
+		eos.ExactlyOnce = *exactlyOnce
 
-		rate, err := drainBridge(kcfg, topic+"-bridge", *n, *size, *clients, *minBatch)
+		rate, err := drainBridge(eos, topic+"-bridge", *n, *size, *clients, *minBatch)
 		if err != nil {
 			fail(err)
 		}
