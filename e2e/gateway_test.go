@@ -57,6 +57,7 @@ type gatewayProc struct {
 	cmd      *exec.Cmd
 	logs     *syncBuffer
 	exited   chan struct{}
+	env      []string // extra environment, e.g. GATEWAY_* overrides
 }
 
 type syncBuffer struct {
@@ -138,6 +139,7 @@ func (g *gatewayProc) start() {
 		g.logs = &syncBuffer{}
 	}
 	g.cmd = exec.Command(gatewayBin, "run", "--config", g.cfgPath)
+	g.cmd.Env = append(os.Environ(), g.env...)
 	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
 	if err := g.cmd.Start(); err != nil {
 		g.t.Fatal(err)
