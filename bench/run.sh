@@ -272,6 +272,21 @@ bench_drain() {
 }
 log "(e) drain of a backlog"
 bench_drain
+# (e') the same with kafka.exactly_once: one transaction per batch, reported.
+DRAIN_EOS=- DRAIN_EOS_BARE=-
+bench_drain_eos() {
+	local out
+	out=$(timeout 1200 bin/drainbench -n "${DRAIN_N:-1000000}" -rounds "$RUNS" -exactly-once 2>&1) || {
+		echo "  e'  drainbench -exactly-once failed:" >&2
+		echo "$out" | tail -5 >&2
+		return
+	}
+	echo "$out" | grep '^round' | sed "s/^/  e'  /" >&2
+	DRAIN_EOS=$(echo "$out" | grep '^DRAIN ' | sed -n 's/.*bridge=\([0-9]*\).*/\1/p')
+	DRAIN_EOS_BARE=$(echo "$out" | grep '^DRAIN ' | sed -n 's/.*bare=\([0-9]*\).*/\1/p')
+}
+log "(e') exactly-once drain of a backlog"
+bench_drain_eos
 # ---------------------------------------------------------------- end of HOOK
 
 # ---------------------------------------------------------------- table
@@ -297,6 +312,7 @@ printf '%-52s %12s %12s %12s\n' "(d) RSS MB, $IDLE_CLIENTS idle clients (fresh p
 	"$(awk -v k="${RSS_IDLE[benchbroker]:-0}" 'BEGIN{printf "%.1f", k/1024}')" \
 	"$( [ -n "${RSS_IDLE[gateway]:-}" ] && awk -v k="${RSS_IDLE[gateway]}" 'BEGIN{printf "%.1f", k/1024}' || echo -)" "-"
 printf '%-52s %12s %12s %12s\n' "(e) drain 1,000,000 backlog: msg/s (sarama = bare)" "$DRAIN_SARAMA" "$DRAIN_GATEWAY" "-"
+printf '%-52s %12s %12s %12s\n' "(e') the same, kafka.exactly_once: true" "-" "$DRAIN_EOS" "-"
 echo
 echo "RATIOS (of the medians)                                   target"
 printf '  (a) gateway / benchbroker   %6s                     >= 0.9\n' "$(ratio "$A_GW" "$A_BB")"
@@ -309,6 +325,7 @@ printf '  (c) gateway p99 ms          %6s                     <= 10\n' "$(fmt2 "
 printf '  (d) gateway RSS MB          %6s                     <= 100\n' \
 	"$( [ -n "${RSS_IDLE[gateway]:-}" ] && awk -v k="${RSS_IDLE[gateway]}" 'BEGIN{printf "%.1f", k/1024}' || echo -)"
 printf '  (e) gateway / sarama drain  %6s                     >= 0.5\n' "$(ratio "$DRAIN_GATEWAY" "$DRAIN_SARAMA")"
+printf "  (e') exactly-once / sarama  %6s                     (reported; bare sarama of the same run)\n" "$(ratio "$DRAIN_EOS" "$DRAIN_EOS_BARE")"
 echo
 echo "per-run ratios (a) gateway/benchbroker, gateway/mosquitto, same run:"
 for ((run = 1; run <= RUNS; run++)); do
