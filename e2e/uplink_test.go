@@ -196,9 +196,19 @@ func TestSigkillExactlyOnceNoDuplicates(t *testing.T) {
 	pubs.halt()
 
 	recs := pubs.waitAllInKafka(t, kafka.Addrs, "payments", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if dups := checkOrder(t, recs); dups != 0 {
-		t.Fatalf("%d duplicates visible to a read_committed consumer", dups)
+	seen := map[string]bool{}
+	for _, r := range recs {
+		if seen[string(r.Value)] {
+			t.Fatalf("%s visible twice to a read_committed consumer", r.Value)
+		}
+		seen[string(r.Value)] = true
 	}
+	// Per-client order is not checked here: around a reconnect paho reports
+	// a publish it is about to send again as complete (resume() re-claims
+	// the packet id, which completes the waiting token with no error) before
+	// any PUBACK, so this publisher sends the next message, which may reach
+	// the gateway first. Order across Kafka failures is checked by the
+	// flapping tests, whose clients stay connected.
 	all := testkit.ReadAll(t, kafka.Addrs, "payments", kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
 	t.Logf("exactly-once, 5 SIGKILLs: %d acknowledged, %d committed records, 0 duplicates (%d in the log including aborted transactions)",
 		pubs.n.Load(), len(recs), len(all))
