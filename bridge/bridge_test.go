@@ -104,6 +104,27 @@ func (a *appender) append(t testing.TB, count int) {
 	}
 }
 
+// keepAppending appends 20 records every few milliseconds in the background
+// until the returned stop is called (which waits for the last append).
+func (a *appender) keepAppending(t testing.TB) (stop func()) {
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			a.append(t, 20)
+			time.Sleep(5 * time.Millisecond) // pacing of the load, not synchronisation
+		}
+	}()
+	return func() { close(quit); wg.Wait() }
+}
+
 func (a *appender) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -324,21 +345,7 @@ func TestFlappingLink(t *testing.T) {
 	a := newAppender(buf, "payments", "payments", 12)
 	b := startBridge(t, buf, k.Addrs, func(o *Options) { o.MaxBatchRecords = 100 })
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			a.append(t, 20)
-			time.Sleep(5 * time.Millisecond) // pacing of the load, not synchronisation
-		}
-	}()
+	stopAppending := a.keepAppending(t)
 	acked := func() uint64 { return b.Link().SentRecords }
 	for cycle := range 3 {
 		before := acked()
@@ -362,8 +369,7 @@ func TestFlappingLink(t *testing.T) {
 		t.Logf("cycle %d: %d appended, %d acked, link %+v", cycle, a.count(), acked(), b.Link())
 	}
 	k.SetMode(t, testkit.Pass)
-	close(stop)
-	wg.Wait()
+	stopAppending()
 	waitDrained(t, buf, 120*time.Second)
 	recs := testkit.ReadAll(t, k.Addrs, "payments")
 	dups := checkDelivery(t, recs, a.recs)

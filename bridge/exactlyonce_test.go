@@ -4,7 +4,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,21 +87,7 @@ func TestExactlyOnceFlappingLink(t *testing.T) {
 	a := newAppender(buf, "payments", "payments", 12)
 	b := startBridge(t, buf, k.Addrs, func(o *Options) { exactlyOnce(o); o.MaxBatchRecords = 100 })
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			a.append(t, 20)
-			time.Sleep(5 * time.Millisecond) // pacing of the load, not synchronisation
-		}
-	}()
+	stopAppending := a.keepAppending(t)
 	acked := func() uint64 { return b.Link().SentRecords }
 	for cycle := range 2 {
 		before := acked()
@@ -116,8 +101,7 @@ func TestExactlyOnceFlappingLink(t *testing.T) {
 		testkit.Eventually(t, 60*time.Second, func() bool { return b.Link().State == StateDown }, "cycle %d: hang: link not reported down", cycle)
 	}
 	k.SetMode(t, testkit.Pass)
-	close(stop)
-	wg.Wait()
+	stopAppending()
 	waitDrained(t, buf, 120*time.Second)
 	recs := readCommitted(t, k.Addrs, "payments")
 	dups := checkDelivery(t, recs, a.recs)

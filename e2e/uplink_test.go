@@ -150,13 +150,7 @@ func TestSigkillLosesNothingAcknowledged(t *testing.T) {
 	g.start()
 
 	pubs := startPublishers(t, g.mqttAddr, "crash", "payments", 8, true)
-	for kill := 0; kill < 5; kill++ {
-		pubs.waitMore(t, 200, fmt.Sprintf("publishes acked before kill %d", kill))
-		g.kill()
-		g.start()
-	}
-	pubs.waitMore(t, 200, "publishes after the last restart")
-	pubs.halt()
+	killWhilePublishing(t, g, pubs, 5, 200)
 
 	recs := pubs.waitAllInKafka(t, kafka.Addrs, "payments")
 	seen := map[string]bool{}
@@ -187,13 +181,7 @@ func TestSigkillExactlyOnceNoDuplicates(t *testing.T) {
 	g.start()
 
 	pubs := startPublishers(t, g.mqttAddr, "eos", "payments", 8, true)
-	for kill := 0; kill < 5; kill++ {
-		pubs.waitMore(t, 300, fmt.Sprintf("publishes acked before kill %d", kill))
-		g.kill()
-		g.start()
-	}
-	pubs.waitMore(t, 200, "publishes after the last restart")
-	pubs.halt()
+	killWhilePublishing(t, g, pubs, 5, 300)
 
 	recs := pubs.waitAllInKafka(t, kafka.Addrs, "payments", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	seen := map[string]bool{}
@@ -291,6 +279,20 @@ func (p *publishers) waitMore(t *testing.T, n int64, what string) {
 }
 
 // halt stops publishing and waits for the clients; safe to call twice.
+// killWhilePublishing SIGKILLs and restarts the gateway kills times, each
+// after every more publishes were acknowledged, then halts the publishers
+// once some more went through the last process.
+func killWhilePublishing(t *testing.T, g *gatewayProc, pubs *publishers, kills int, every int64) {
+	t.Helper()
+	for kill := 0; kill < kills; kill++ {
+		pubs.waitMore(t, every, fmt.Sprintf("publishes acked before kill %d", kill))
+		g.kill()
+		g.start()
+	}
+	pubs.waitMore(t, 200, "publishes after the last restart")
+	pubs.halt()
+}
+
 func (p *publishers) halt() {
 	select {
 	case <-p.stop:
