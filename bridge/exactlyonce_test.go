@@ -4,10 +4,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/internal/testkit"
@@ -138,5 +141,39 @@ func copyFile(t testing.TB, from, to string) {
 	}
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A transaction whose commit fails after Kafka acknowledged every record of
+// it: the records are invisible to read_committed consumers, so none of them
+// may leave the buffer; the next session sends them again, once.
+func TestExactlyOnceFailedCommitDeletesNothing(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(4, "payments"))
+	var failed atomic.Int32
+	k.Cluster.ControlKey(int16(kmsg.EndTxn), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		r := req.(*kmsg.EndTxnRequest)
+		if !r.Commit || failed.Load() > 0 {
+			return nil, nil, false
+		}
+		failed.Add(1)
+		resp := r.ResponseKind().(*kmsg.EndTxnResponse)
+		resp.ErrorCode = kerr.InvalidTxnState.Code
+		return resp, nil, true
+	})
+	buf := openBuffer(t)
+	a := newAppender(buf, "payments", "payments", 12)
+	a.append(t, 500)
+	startBridge(t, buf, k.Addrs, exactlyOnce)
+	waitDrained(t, buf, 60*time.Second)
+	if failed.Load() != 1 {
+		t.Fatalf("the commit failure was not injected (%d)", failed.Load())
+	}
+	recs := readCommitted(t, k.Addrs, "payments")
+	if dups := checkDelivery(t, recs, a.recs); dups != 0 {
+		t.Fatalf("%d duplicates visible to a read_committed consumer", dups)
+	}
+	all := testkit.ReadAll(t, k.Addrs, "payments", kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
+	if len(all) <= len(recs) {
+		t.Fatalf("the failed transaction left no records in the log (%d vs %d committed): the test did not exercise an abort", len(all), len(recs))
 	}
 }
