@@ -219,13 +219,12 @@ func (s *session) drain() error {
 			}
 		}
 		if txn {
-			if err := s.commitTxn(bt, sent, cursors); err != nil {
+			if err := s.commitTxn(bt, sent); err != nil {
 				return err
 			}
-			b.m.batches.Inc()
-			continue
+		} else {
+			s.submitted(bt, len(recs)-sent)
 		}
-		s.submitted(bt, len(recs)-sent)
 		b.m.batches.Inc()
 	}
 }
@@ -233,7 +232,7 @@ func (s *session) drain() error {
 // commitTxn ends an exactly-once batch: the marks of its routes go into the
 // same transaction, which commits only if every record was sent; otherwise
 // it is aborted and nothing of the batch is deleted.
-func (s *session) commitTxn(bt *batch, sent int, cursors map[string]uint64) error {
+func (s *session) commitTxn(bt *batch, sent int) error {
 	b := s.b
 	if sent < len(bt.recs) {
 		err := s.f.error()
@@ -244,13 +243,13 @@ func (s *session) commitTxn(bt *batch, sent int, cursors map[string]uint64) erro
 		s.abort(bt, len(bt.recs)-sent)
 		return err
 	}
-	routes := map[string]bool{}
+	marks := map[string]uint64{} // route -> its highest seq in the batch (FIFO: its last)
 	for i := range bt.recs {
-		routes[bt.recs[i].Route] = true
+		marks[bt.recs[i].Route] = bt.recs[i].Seq
 	}
-	for route := range routes {
+	for route, seq := range marks {
 		select {
-		case s.prod.Input() <- b.markMessage(route, cursors[route]):
+		case s.prod.Input() <- b.markMessage(route, seq):
 		case <-b.quit:
 			_ = s.prod.AbortTxn()
 			s.abort(bt, 0)
