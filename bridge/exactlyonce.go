@@ -186,13 +186,13 @@ func (s *session) ensureOffsetsTopic() error {
 		ReplicationFactor: -1, // the cluster's default
 		ConfigEntries:     map[string]*string{"cleanup.policy": &compact},
 	}, false)
-	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
-		var te *sarama.TopicError
-		if !errors.As(err, &te) || te.Err != sarama.ErrTopicAlreadyExists {
-			return fmt.Errorf("creating %s: %w", OffsetsTopic, err)
-		}
+	switch {
+	case errors.Is(err, sarama.ErrTopicAlreadyExists): // another gateway was first
+	case err != nil:
+		return fmt.Errorf("creating %s: %w", OffsetsTopic, err)
+	default:
+		s.b.log.Info("created the exactly-once marks topic", "topic", OffsetsTopic)
 	}
-	s.b.log.Info("created the exactly-once marks topic", "topic", OffsetsTopic)
 	return s.cl.RefreshMetadata(OffsetsTopic)
 }
 
