@@ -33,6 +33,7 @@ var (
 	metaBucket  = []byte("meta")
 	dedupBucket = []byte("dedup2") // one value per commit; see dedup.go
 	seqKeyName  = []byte("next_seq")
+	epochKey    = []byte("epoch")
 )
 
 const routePrefix = "r:"
@@ -139,6 +140,8 @@ type Buffer struct {
 	logged      sync.Map                     // route/reason already logged
 	quarantined string                       // path of a corrupt file moved aside at open, if any
 	janitorDone chan struct{}
+
+	epoch string // gw.epoch: names this buffer file's life; see Epoch
 
 	mu      sync.Mutex // guards the fields below
 	nextSeq uint64
@@ -261,6 +264,11 @@ func (b *Buffer) load() error {
 		if b.nextSeq == 0 {
 			b.nextSeq = 1
 		}
+		epoch, err := loadEpoch(meta)
+		if err != nil {
+			return err
+		}
+		b.epoch = epoch
 		dd, err := tx.CreateBucketIfNotExists(dedupBucket)
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
@@ -706,6 +714,12 @@ func (b *Buffer) FileSize() int64 {
 	}
 	return 0
 }
+
+// Epoch names this buffer's life (the gw.epoch header): 16 random bytes in hex,
+// made when the file is created and kept for its whole life. A lost, wiped or
+// quarantined file starts a new epoch, so gw.id+gw.epoch+gw.seq never names two
+// different messages even when gw.seq starts again at 1.
+func (b *Buffer) Epoch() string { return b.epoch }
 
 // NextSeq is the gw.seq the next stored message will get.
 func (b *Buffer) NextSeq() uint64 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -410,5 +411,36 @@ func TestDeleteThrough(t *testing.T) {
 	}
 	if len(got) != 15 {
 		t.Fatalf("read %d records, want 15", len(got))
+	}
+}
+
+func TestEpochKeptAcrossReopenAndNewForNewFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	b, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1 := b.Epoch()
+	if len(e1) != 32 {
+		t.Fatalf("epoch %q: want 32 hex chars", e1)
+	}
+	b.Close()
+	b, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Epoch(); got != e1 {
+		t.Fatalf("epoch changed across reopen: %q then %q", e1, got)
+	}
+	b.Close()
+	os.Remove(path)
+	b, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got := b.Epoch(); got == e1 {
+		t.Fatalf("a new file kept the old epoch %q", got)
 	}
 }
