@@ -27,8 +27,8 @@ type routeState struct {
 }
 
 type index struct {
-	blocks []blockInfo          // ascending keys, non-overlapping seq ranges
-	rmHigh map[uint64][]uint64  // block key -> removed bits of records 64 and up
+	blocks []blockInfo         // ascending keys, non-overlapping seq ranges
+	rmHigh map[uint64][]uint64 // block key -> removed bits of records 64 and up
 	routes map[string]*routeState
 	nextID int
 	dead   int // blocks with live == 0, waiting for a purge
@@ -216,4 +216,3 @@ func (x *index) dropBlocks(keys []uint64) {
 		x.blocks = append([]blockInfo(nil), x.blocks...)
 	}
 }
-
