@@ -163,6 +163,8 @@ type Buffer struct {
 	// compaction swaps the file.
 	dbMu        sync.RWMutex
 	limits      atomic.Pointer[Limits]
+	commitWait  atomic.Int64 // time.Duration; see SetCommitWait
+	commitMin   atomic.Int64
 	now         func() time.Time
 	logged      sync.Map // route/reason already logged
 	quarantined string   // path of a corrupt file moved aside at open, if any
@@ -180,6 +182,9 @@ type Buffer struct {
 	marks   map[string]uint64 // removed-through seqs as last written to the file
 
 	notify chan struct{}
+
+	ctr         counters
+	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
 }
 
 // Open opens (or creates) the buffer file and starts its writer.
@@ -224,6 +229,7 @@ func Open(opts Options) (*Buffer, error) {
 		lastPurge:   time.Now(),
 	}
 	b.SetLimits(opts.Limits)
+	b.SetCommitWait(opts.CommitWait, opts.CommitMinRecords)
 	err := b.openAndLoad()
 	if isCorrupt(err) {
 		// A file we cannot read as a buffer must not become a crash loop:
@@ -402,7 +408,7 @@ func (b *Buffer) writer() {
 		case a := <-b.queue:
 			batch = append(batch[:0], a)
 			batch = b.gather(batch)
-			if w := b.opts.CommitWait; w > 0 && !b.enough(len(batch)) {
+			if w := time.Duration(b.commitWait.Load()); w > 0 && !b.enough(len(batch)) {
 				// Company for the fsync: the longest a PUBACK may wait to
 				// share a commit (the operator's trade of latency for wear).
 				wait.Reset(w)
@@ -442,9 +448,17 @@ func stopTimer(t *time.Timer) {
 	}
 }
 
+// SetCommitWait changes how long a commit waits for company and how many
+// records end the wait early (see Options); it applies from the next commit.
+func (b *Buffer) SetCommitWait(wait time.Duration, minRecords int) {
+	b.commitWait.Store(int64(max(wait, 0)))
+	b.commitMin.Store(int64(max(minRecords, 0)))
+}
+
 // enough: the batch is as large as the operator asked a commit to wait for.
 func (b *Buffer) enough(n int) bool {
-	return n >= b.opts.MaxBatch || (b.opts.CommitMinRecords > 0 && n >= b.opts.CommitMinRecords)
+	m := int(b.commitMin.Load())
+	return n >= b.opts.MaxBatch || (m > 0 && n >= m)
 }
 
 // gatherUntil adds appends as they arrive until the batch holds want (or
@@ -572,6 +586,10 @@ func (b *Buffer) commit(batch []*Append) {
 			a.Done(Result{Err: err})
 		}
 		return
+	}
+	if len(seqs) > 0 {
+		b.ctr.commits.Add(1)
+		b.ctr.records.Add(uint64(len(seqs)))
 	}
 	b.mu.Lock()
 	if len(seqs) > 0 {

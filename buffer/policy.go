@@ -412,6 +412,8 @@ func (b *Buffer) Compact() (CompactStats, error) {
 		return st, fmt.Errorf("buffer: compact: %w", err)
 	}
 	dst.Close()
+	old := b.db.Stats()
+	b.pagesBefore.Add(uint64(old.TxStats.GetWrite()))
 	if err := b.db.Close(); err != nil {
 		os.Remove(tmp)
 		return st, fmt.Errorf("buffer: compact: closing the old file: %w", err)

@@ -117,6 +117,7 @@ func (b *Buffer) purgeOnce() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("buffer: purge: %w", err)
 	}
+	b.ctr.purges.Add(1)
 	b.mu.Lock()
 	b.idx.dropBlocks(keys)
 	b.marks = marks

@@ -67,10 +67,14 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 		Path:   filepath.Join(cfg.DataDir, "buffer.db"),
 		Logger: log.With("component", "buffer"),
 		Limits: bufferLimits(cfg, g.rules.Load()),
+		// the operator's trade of PUBACK latency for flash wear
+		CommitWait:       cfg.Buffer.CommitWait,
+		CommitMinRecords: cfg.Buffer.CommitMinRecords,
 	})
 	if err != nil {
 		return nil, err
 	}
+	reg.MustRegister(g.buf.Collector())
 	g.brk, err = broker.New(broker.Options{
 		Config:     cfg,
 		Rules:      g.rules.Load(),
