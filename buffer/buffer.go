@@ -339,11 +339,12 @@ func (b *Buffer) load() error {
 		}
 		var recent []dedupEntry
 		c := bk.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			if len(k) != 8 {
 				return fmt.Errorf("%w: block key of %d bytes", ErrCorruptRecord, len(k))
 			}
 			key := binary.BigEndian.Uint64(k)
+			v := getBlock(bk, k)
 			h, err := decodeBlockHeader(key, v, true)
 			if err != nil {
 				return err
@@ -570,7 +571,7 @@ func (b *Buffer) commit(batch []*Append) {
 			return nil // only duplicates or refusals: nothing to write
 		}
 		header.dedup = newDedup
-		if err := bk.Put(seqKey(seq), encodeBlock(nil, seq, header.routes, header.recs, bodies, newDedup)); err != nil {
+		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.routes, header.recs, bodies, newDedup)); err != nil {
 			return err
 		}
 		if b.opts.BeforeCommit != nil {
@@ -669,7 +670,11 @@ func (b *Buffer) scanRoute(route string, after uint64, fn func(h *blockHeader, v
 
 // view runs fn in a read transaction with a getter of block values.
 func (b *Buffer) view(fn func(get func([]byte) []byte) error) error {
-	return b.db.View(func(tx *bolt.Tx) error { return fn(tx.Bucket(blocksBucket).Get) })
+	return b.db.View(func(tx *bolt.Tx) error { return fn(getter(tx.Bucket(blocksBucket))) })
+}
+
+func getter(bk *bolt.Bucket) func([]byte) []byte {
+	return func(k []byte) []byte { return getBlock(bk, k) }
 }
 
 // scanRouteIn is scanRoute reading blocks through view (a write transaction
@@ -790,7 +795,7 @@ func (b *Buffer) removeRefs(refs []Ref, reason string) (int, error) {
 	err := b.db.View(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(blocksBucket)
 		for _, w := range order {
-			v := bk.Get(seqKey(w.key))
+			v := getBlock(bk, seqKey(w.key))
 			if v == nil {
 				continue
 			}

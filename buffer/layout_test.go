@@ -99,26 +99,44 @@ func TestUpgradeFromFirstFormat(t *testing.T) {
 	}
 }
 
-// pagesPerCommit appends n records one commit each and returns the pages
-// bbolt wrote per commit (data pages and the meta page).
-func pagesPerCommit(t *testing.T, b *Buffer, n int) float64 {
+// perCommit appends n records one commit each and returns the writes bbolt
+// made per commit (one per node, a node of one or more pages, plus the meta
+// page) and the bytes this process caused to be written to storage per
+// commit (/proc/self/io write_bytes: page-cache pages dirtied).
+func perCommit(t *testing.T, b *Buffer, n int) (writes, bytes float64) {
 	t.Helper()
-	before := pagesWritten(b)
+	before, wb := pagesWritten(b), processWriteBytes(t)
 	for i := 0; i < n; i++ {
 		if _, err := b.AppendWait(rec("pay", "c", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return float64(pagesWritten(b)-before) / float64(n)
+	return float64(pagesWritten(b)-before) / float64(n), float64(processWriteBytes(t)-wb) / float64(n)
+}
+
+func processWriteBytes(t *testing.T) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skipf("no /proc/self/io: %v", err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "write_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	t.Skip("no write_bytes in /proc/self/io")
+	return 0
 }
 
 // Flash wear is a budget: at one message per commit, a commit writes the
-// blocks bucket's leaf, at most two branch pages above it, the root leaf
-// and the meta page. The first format wrote ~7 (three buckets per commit);
-// a change that brings that back fails here.
+// block's own page, the blocks bucket's leaf and at most two branch pages
+// above it, the root leaf and the meta page, each a single page. The first
+// format wrote ~7 nodes in three buckets and ~33 KB per commit; a change that
+// brings that back fails here.
 func TestPagesWrittenPerCommit(t *testing.T) {
 	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{})
-	fresh := pagesPerCommit(t, b, 200)
+	fresh, freshBytes := perCommit(t, b, 200)
 	// a backlog of 20,000 one-record blocks deepens the tree
 	var wg sync.WaitGroup
 	for i := 0; i < 20000; i++ {
@@ -132,10 +150,14 @@ func TestPagesWrittenPerCommit(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	deep := pagesPerCommit(t, b, 200)
-	t.Logf("pages written per one-message commit: %.2f on a fresh file, %.2f with a backlog", fresh, deep)
-	if fresh > 4.5 || deep > 5.5 {
-		t.Fatalf("pages per commit %.2f fresh, %.2f with a backlog: want at most 4.5 and 5.5", fresh, deep)
+	deep, deepBytes := perCommit(t, b, 200)
+	t.Logf("per one-message commit: %.2f page writes and %.0f bytes written on a fresh file, %.2f and %.0f with a backlog",
+		fresh, freshBytes, deep, deepBytes)
+	if fresh > 5.5 || deep > 6.5 {
+		t.Fatalf("page writes per commit %.2f fresh, %.2f with a backlog: want at most 5.5 and 6.5", fresh, deep)
+	}
+	if freshBytes > 24<<10 || deepBytes > 28<<10 {
+		t.Fatalf("bytes written per commit %.0f fresh, %.0f with a backlog: want at most 24 KiB and 28 KiB", freshBytes, deepBytes)
 	}
 	// acknowledging writes nothing at all
 	recs, _ := b.Read(nil, prio(nil), 5000, 64<<20)

@@ -18,19 +18,17 @@ type Counters struct {
 	Commits      uint64 // group commits that stored records
 	Records      uint64 // records they stored
 	Purges       uint64 // purge commits (deleting delivered blocks)
-	PagesWritten uint64 // bbolt pages written, meta pages included
-	PageSize     int    // bytes per page of the open file
+	NodeWrites   uint64 // bbolt node writes (a node is one or more pages), meta pages included
 }
 
 // Counters returns what the buffer has written since it opened.
 func (b *Buffer) Counters() Counters {
 	b.dbMu.RLock()
 	st := b.db.Stats()
-	ps := b.db.Info().PageSize
 	b.dbMu.RUnlock()
 	return Counters{
 		Commits: b.ctr.commits.Load(), Records: b.ctr.records.Load(), Purges: b.ctr.purges.Load(),
-		PagesWritten: uint64(st.TxStats.GetWrite()) + b.pagesBefore.Load(), PageSize: ps,
+		NodeWrites: uint64(st.TxStats.GetWrite()) + b.pagesBefore.Load(),
 	}
 }
 
@@ -41,8 +39,8 @@ var (
 		"Publishes stored by group commits; divided by commits: records per fsync.", nil, nil)
 	descPurges = prometheus.NewDesc("gateway_buffer_purges_total",
 		"Purge commits that deleted delivered blocks from the buffer file.", nil, nil)
-	descWritten = prometheus.NewDesc("gateway_buffer_written_bytes_total",
-		"Bytes of pages the buffer wrote to its file (before the filesystem's own overhead): the flash wear it causes.", nil, nil)
+	descWritten = prometheus.NewDesc("gateway_buffer_node_writes_total",
+		"Writes of B-tree nodes (one or more pages each) and meta pages to the buffer file; per commit, the pages a commit touches.", nil, nil)
 )
 
 // Collector reports the buffer's write counters to Prometheus.
@@ -62,5 +60,5 @@ func (c bufferCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(n.Commits))
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.CounterValue, float64(n.Records))
 	ch <- prometheus.MustNewConstMetric(descPurges, prometheus.CounterValue, float64(n.Purges))
-	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(n.PagesWritten)*float64(n.PageSize))
+	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(n.NodeWrites))
 }

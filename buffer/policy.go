@@ -238,7 +238,7 @@ func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, 
 // commits, then this commit's own.
 func (b *Buffer) evictOldest(bk *bolt.Bucket, c *changes, route string, need int64) error {
 	var freed, n int64
-	view := func(fn func(get func([]byte) []byte) error) error { return fn(bk.Get) }
+	view := func(fn func(get func([]byte) []byte) error) error { return fn(getter(bk)) }
 	err := b.scanRouteIn(view, route, c.through[route], func(h *blockHeader, _ []byte, i int) (bool, error) {
 		if freed >= need {
 			return false, nil

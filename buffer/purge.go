@@ -84,7 +84,7 @@ func (b *Buffer) purgeOnce() (int, error) {
 		bk := tx.Bucket(blocksBucket)
 		for _, k := range keys {
 			kb := seqKey(k)
-			v := bk.Get(kb)
+			v := getBlock(bk, kb)
 			if v == nil {
 				continue
 			}
@@ -93,7 +93,7 @@ func (b *Buffer) purgeOnce() (int, error) {
 				return err
 			}
 			moved = append(moved, h.dedup...)
-			if err := bk.Delete(kb); err != nil {
+			if err := deleteBlock(bk, kb); err != nil {
 				return err
 			}
 		}

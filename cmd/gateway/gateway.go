@@ -75,6 +75,9 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 		return nil, err
 	}
 	reg.MustRegister(g.buf.Collector())
+	if _, ok := processWriteBytes(); ok {
+		reg.MustRegister(storageWritten())
+	}
 	g.brk, err = broker.New(broker.Options{
 		Config:     cfg,
 		Rules:      g.rules.Load(),
