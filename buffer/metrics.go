@@ -15,10 +15,10 @@ type counters struct {
 
 // Counters is a snapshot of the buffer's write activity since open.
 type Counters struct {
-	Commits      uint64 // group commits that stored records
-	Records      uint64 // records they stored
-	Purges       uint64 // purge commits (deleting delivered blocks)
-	NodeWrites   uint64 // bbolt node writes (a node is one or more pages), meta pages included
+	Commits    uint64 // group commits that stored records
+	Records    uint64 // records they stored
+	Purges     uint64 // purge commits (deleting delivered blocks)
+	NodeWrites uint64 // bbolt node writes (a node is one or more pages), meta pages included
 }
 
 // Counters returns what the buffer has written since it opened.
