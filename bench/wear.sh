@@ -122,6 +122,46 @@ done
 stop "$GW_PID"
 echo "  per reconnect: ${RC[*]} bytes" >&2
 
+# The durable peer: nats-server's MQTT on JetStream, sync_interval: always.
+NATS=bin/tools/nats-server
+if [ ! -x "$NATS" ] && [ "${BENCH_INSTALL:-1}" = 1 ] && [ "${BENCH_SKIP_NATS:-0}" != 1 ]; then
+	GOBIN="$ROOT/bin/tools" timeout 600 "$GO" install github.com/nats-io/nats-server/v2@v2.15.2 >"$TMP/nats-install.log" 2>&1 || true
+fi
+NW=()
+if [ -x "$NATS" ] && [ "${BENCH_SKIP_NATS:-0}" != 1 ]; then
+	log "nats-server MQTT on JetStream (sync_interval: always) at 100 msg/s"
+	for ((run = 1; run <= RUNS; run++)); do
+		free_port; np=$FREE_PORT
+		free_port; nc=$FREE_PORT
+		cat >"$TMP/nats-$run.conf" <<-EOF
+			server_name: wear
+			listen: 127.0.0.1:$nc
+			jetstream {
+			  store_dir: "$TMP/nats-$run"
+			  sync_interval: always
+			}
+			mqtt {
+			  listen: 127.0.0.1:$np
+			}
+		EOF
+		"$NATS" -c "$TMP/nats-$run.conf" >"$TMP/nats-$run.log" 2>&1 &
+		npid=$!
+		PIDS+=("$npid")
+		wait_port "$np" "$npid" "nats-$run"
+		sleep 1
+		b=$(write_bytes "$npid")
+		line=$(timeout 300 bin/loadgen -broker "tcp://127.0.0.1:$np" -json -clients 100 -rate 100 \
+			-duration "$DUR" -size 200 2>>"$TMP/loadgen.err" || echo '{}')
+		sleep 2
+		a=$(write_bytes "$npid")
+		n=$(jget acked "$line")
+		w=$(awk -v a="$a" -v b="$b" -v n="${n:-0}" 'BEGIN { if (n+0==0) print "-"; else printf "%.0f", (a-b)/n }')
+		NW+=("$w")
+		printf '  nats run %d: %6s B/msg written, p99 %s ms, %s acknowledged\n' "$run" "$w" "$(jget p99_ms "$line")" "$n" >&2
+		stop "$npid"
+	done
+fi
+
 SW=()
 if [ "${WEAR_SKIP_SWEEP:-0}" != 1 ]; then
 	log "buffer.commit_wait at 100 msg/s (commit_min_records: 0), one run each"
@@ -142,6 +182,9 @@ for rate in $RATES; do
 	printf '%-12s %14s %12s\n' "$rate msg/s" "$(median "${ws[@]}")" "$(median "${ps[@]}")"
 done
 printf '%-12s %14s\n' "reconnect" "$(median "${RC[@]}") B (persistent session: connect, subscribe, disconnect)"
+if [ "${#NW[@]}" -gt 0 ]; then
+	printf '%-12s %14s\n' "nats 100/s" "$(median "${NW[@]}") (nats-server MQTT on JetStream, sync_interval: always; it stores, no Kafka behind it)"
+fi
 if [ "${#SW[@]}" -gt 0 ]; then
 	echo
 	echo "== buffer.commit_wait at 100 msg/s (commit_min_records: 0)"
