@@ -156,8 +156,9 @@ type Buffer struct {
 	quit  chan struct{}
 	done  chan struct{}
 
-	closeMu sync.RWMutex // held for reading while enqueueing; Close takes it for writing
-	closed  bool
+	closeMu  sync.RWMutex // held for reading while enqueueing; Close takes it for writing
+	closed   bool
+	readOnly bool // OpenReadOnly: no writer; Close only closes the file
 
 	// dbMu is held for reading by every use of db and for writing while
 	// compaction swaps the file.
@@ -337,35 +338,45 @@ func (b *Buffer) load() error {
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
 		}
-		var recent []dedupEntry
-		c := bk.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if len(k) != 8 {
-				return fmt.Errorf("%w: block key of %d bytes", ErrCorruptRecord, len(k))
-			}
-			key := binary.BigEndian.Uint64(k)
-			v := getBlock(bk, k)
-			h, err := decodeBlockHeader(key, v, true)
-			if err != nil {
-				return err
-			}
-			b.idx.addBlock(key, h)
-			i := len(b.idx.blocks) - 1
-			for pos, r := range h.recs {
-				name := h.routes[r.route]
-				if r.seq <= b.marks[name] {
-					b.idx.remove(i, pos, b.idx.routes[name], r.budgetSize())
-				}
-				b.nextSeq = max(b.nextSeq, r.seq+1)
-			}
-			recent = append(recent, h.dedup...)
+		if err := b.indexBlocks(bk, true); err != nil {
+			return err
 		}
-		if b.nextSeq == 0 {
-			b.nextSeq = 1
-		}
-		b.dedup.load(logged, recent)
+		b.dedup.load(logged, b.dedup.pendingLoad)
+		b.dedup.pendingLoad = nil
 		return nil
 	})
+}
+
+// indexBlocks rebuilds the in-memory index from the blocks' headers,
+// applying the routes' removed-through marks; with dedup it also gathers
+// the blocks' dedup entries for loading.
+func (b *Buffer) indexBlocks(bk *bolt.Bucket, dedup bool) error {
+	c := bk.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if len(k) != 8 {
+			return fmt.Errorf("%w: block key of %d bytes", ErrCorruptRecord, len(k))
+		}
+		key := binary.BigEndian.Uint64(k)
+		v := getBlock(bk, k)
+		h, err := decodeBlockHeader(key, v, dedup)
+		if err != nil {
+			return err
+		}
+		b.idx.addBlock(key, h)
+		i := len(b.idx.blocks) - 1
+		for pos, r := range h.recs {
+			name := h.routes[r.route]
+			if r.seq <= b.marks[name] {
+				b.idx.remove(i, pos, b.idx.routes[name], r.budgetSize())
+			}
+			b.nextSeq = max(b.nextSeq, r.seq+1)
+		}
+		b.dedup.pendingLoad = append(b.dedup.pendingLoad, h.dedup...)
+	}
+	if b.nextSeq == 0 {
+		b.nextSeq = 1
+	}
+	return nil
 }
 
 // Append queues a message for the next group commit. It blocks while the
@@ -935,6 +946,11 @@ func (b *Buffer) NextSeq() uint64 {
 // blocks, and closes the file. It is safe to call more than once.
 func (b *Buffer) Close() error {
 	b.closeMu.Lock()
+	if b.readOnly {
+		b.readOnly = false
+		b.closeMu.Unlock()
+		return b.db.Close()
+	}
 	if b.closed {
 		b.closeMu.Unlock()
 		<-b.done

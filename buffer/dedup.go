@@ -89,8 +89,9 @@ type dedupRing struct {
 }
 
 type dedupIndex struct {
-	clients map[string]*dedupRing
-	logN    int // entries in the on-disk log
+	clients     map[string]*dedupRing
+	logN        int          // entries in the on-disk log
+	pendingLoad []dedupEntry // the live blocks' entries, while opening
 }
 
 func newDedupIndex() *dedupIndex { return &dedupIndex{clients: map[string]*dedupRing{}} }

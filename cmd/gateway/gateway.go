@@ -151,6 +151,7 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		DiskBudgetNow: func() int64 { return g.cfg.Load().Buffer.MaxDiskBytes },
 		Drops:         func() map[string]map[string]uint64 { return drops(g.buf, g.brk) },
 		Quarantined:   g.buf.Quarantined,
+		Buffer:        g.buf,
 		Link: func() admin.LinkStatus {
 			l := g.brg.Link()
 			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,
