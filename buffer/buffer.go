@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,7 +124,8 @@ type Append struct {
 type DedupKey struct {
 	ClientID string
 	PacketID uint16
-	Dup      bool // the publish carried the DUP flag
+	Dup      bool   // the publish carried the DUP flag
+	Conn     uint64 // the network connection it came on (any id unique per connection; 0 = unknown)
 }
 
 // Result tells the outcome of an Append.
@@ -402,6 +404,23 @@ func (b *Buffer) AppendWait(rec Record) (Result, error) {
 	return r, r.Err
 }
 
+// HeaderPossibleDuplicateOf is added to a publish that repeats, with the DUP
+// flag and on a later connection, the packet id, topic and payload of one
+// this gateway already stored and PUBACKed: the value is that one's gw.seq
+// (same gw.epoch). It is stored (MQTT-4.3.2-5: after its PUBACK, a packet id
+// names a new message) and a consumer that wants one copy drops it.
+const HeaderPossibleDuplicateOf = "gw.possible_duplicate_of"
+
+// Acknowledged tells the buffer that the PUBACK of the publish stored as seq
+// (client, packet id) was sent on connection conn (see DedupKey.Conn). A DUP
+// matching it that arrives on a later connection is stored again (see
+// HeaderPossibleDuplicateOf) instead of being taken for the stored copy.
+func (b *Buffer) Acknowledged(client string, pid uint16, seq, conn uint64) {
+	b.mu.Lock()
+	b.dedup.acknowledged(client, pid, seq, conn)
+	b.mu.Unlock()
+}
+
 // Queued is how many appends wait for the writer.
 func (b *Buffer) Queued() int { return len(b.queue) }
 
@@ -544,11 +563,24 @@ func (b *Buffer) commit(batch []*Append) {
 						continue
 					}
 					b.mu.Lock()
-					prev, ok := b.dedup.lookup(a.Dedup.ClientID, a.Dedup.PacketID, h)
+					prev, ok, ackedOn := b.dedup.lookup(a.Dedup.ClientID, a.Dedup.PacketID, h)
 					b.mu.Unlock()
-					if ok {
+					// Not PUBACKed yet (or not by this process): the
+					// retransmission of the stored copy. PUBACKed on this
+					// same connection: the client got that PUBACK, and a
+					// DUP can only repeat the stored copy too.
+					if ok && (ackedOn == 0 || ackedOn == a.Dedup.Conn) {
 						results[i] = Result{Seq: prev, Duplicate: true}
 						continue
+					}
+					if ok {
+						// PUBACKed on an earlier connection: either that
+						// PUBACK was lost with it (a copy), or the client got
+						// it and this is a new, identical message whose first
+						// copy was lost with that connection. MQTT-4.3.2-5
+						// says new: it is stored, never dropped, and the
+						// header names the possible original.
+						rec.Headers = append(rec.Headers, Header{Key: HeaderPossibleDuplicateOf, Value: strconv.AppendUint(nil, prev, 10)})
 					}
 				}
 			}
