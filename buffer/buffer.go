@@ -42,6 +42,7 @@ var (
 	seqKeyName   = []byte("next_seq")
 	epochKey     = []byte("epoch")
 	marksKey     = []byte("marks") // per route removed-through seqs, written by purges
+	clockKey     = []byte("clock") // the buffer clock (ms), written by purges
 )
 
 // routePrefix names the per-route buckets of the first file format (one key
@@ -98,8 +99,11 @@ type Options struct {
 	// (default 64 MiB), less than a quarter of it holds undelivered data, and
 	// that is at most 8 MiB (the copy pauses ingest: keep it short).
 	CompactMinFile int64
-	// Now is the clock for receive-time checks (default time.Now).
+	// Now is the wall clock for receive times (default time.Now).
 	Now func() time.Time
+	// Elapsed is the monotonic time since Open (default time.Since of Open's
+	// start); max_age is measured with it (see clock.go). Tests inject it.
+	Elapsed func() time.Duration
 }
 
 func boltOptions() *bolt.Options {
@@ -186,6 +190,8 @@ type Buffer struct {
 
 	notify chan struct{}
 
+	clockBase  uint64    // buffer clock (ms) at open; see clock.go
+
 	ctr         counters
 	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
 }
@@ -216,6 +222,10 @@ func Open(opts Options) (*Buffer, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	start := time.Now()
+	if opts.Elapsed == nil {
+		opts.Elapsed = func() time.Duration { return time.Since(start) }
 	}
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("buffer: %w", err)
@@ -328,6 +338,9 @@ func (b *Buffer) load() error {
 				return err
 			}
 		}
+		if v := meta.Get(clockKey); len(v) == 8 {
+			b.clockBase = max(b.clockBase, binary.BigEndian.Uint64(v))
+		}
 		dd, err := tx.CreateBucketIfNotExists(dedupBucket)
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
@@ -365,6 +378,7 @@ func (b *Buffer) indexBlocks(bk *bolt.Bucket, dedup bool) error {
 			return err
 		}
 		b.idx.addBlock(key, h)
+		b.clockBase = max(b.clockBase, h.clock)
 		i := len(b.idx.blocks) - 1
 		for pos, r := range h.recs {
 			name := h.routes[r.route]
@@ -614,7 +628,8 @@ func (b *Buffer) commit(batch []*Append) {
 			return nil // only duplicates or refusals: nothing to write
 		}
 		header.dedup = newDedup
-		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.routes, header.recs, bodies, newDedup)); err != nil {
+		header.clock = b.clockMillis()
+		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.clock, header.routes, header.recs, bodies, newDedup)); err != nil {
 			return err
 		}
 		if b.opts.BeforeCommit != nil {
@@ -674,7 +689,7 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 	})
 	var out []Record
 	size := 0
-	limits, now := b.limits.Load(), b.now()
+	limits, now := b.limits.Load(), b.clockMillis()
 	b.dbMu.RLock()
 	defer b.dbMu.RUnlock()
 	for _, route := range routes {
@@ -683,7 +698,7 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 			if len(out) >= maxRecords || (size > 0 && size+br.size > maxBytes) {
 				return false, nil
 			}
-			if b.expired(limits, route, v[br.off:br.off+br.size], now) {
+			if b.expired(limits, route, h.clock, now) {
 				return true, nil
 			}
 			r, err := h.record(v, i)
