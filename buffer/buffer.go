@@ -190,7 +190,7 @@ type Buffer struct {
 
 	notify chan struct{}
 
-	clockBase  uint64    // buffer clock (ms) at open; see clock.go
+	clockBase uint64 // buffer clock (ms) at open; see clock.go
 
 	ctr         counters
 	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
