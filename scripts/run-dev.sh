@@ -6,6 +6,12 @@
 #
 #   CONFIG=config.example.yaml  KAFKA_PORT=9092  DEVKAFKA_DATA=./.devkafka
 set -euo pipefail
+# Job control: every command below runs in its own process group and the
+# foreground one (the gateway) gets the terminal. Ctrl-C then reaches the
+# gateway alone, which stops cleanly and exits 0, and not make: GNU make
+# re-raises a SIGINT it receives itself, so `make run` would end with 130.
+# devkafka and payproc are stopped by the EXIT trap.
+set -m
 cd "$(dirname "$0")/.."
 
 CONFIG=${CONFIG:-config.example.yaml}

@@ -122,6 +122,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
 	gw, err := startGateway(cfg, log)
+	err = explainLocked(err, cfg.DataDir)
 	if err != nil {
 		log.Error("gateway failed to start", "error", err)
 		return exitFailure
