@@ -4,7 +4,9 @@
 GO      ?= go
 BIN     := bin
 DIST    := dist
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The release: `git describe` of the last v* tag (v0.3.0 -> 0.3.0; commits
+# after it -> 0.3.0-5-gabc1234), else the VERSION file.
+VERSION ?= $(shell (git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null || echo v$$(cat VERSION)) | sed 's/^v//')
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # main.version and main.commit are read by `gateway version`.
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)

@@ -19,9 +19,11 @@ import (
 	"github.com/edgegw/gateway/config"
 )
 
-// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...";
+// `make` sets the version from `git describe --tags` (or the VERSION file).
+// Without it, the VERSION file embedded in the module applies (version.go).
 var (
-	version = "dev"
+	version = ""
 	commit  = "unknown"
 )
 
