@@ -134,11 +134,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 		gw.stop()
 		return exitFailure
 	}
+	sd := startNotifier(gw, log)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig
 	log.Info("shutting down", "signal", s.String())
 	signal.Stop(sig)
+	sd.stopping()
 	if err := gw.stop(); err != nil {
 		log.Error("shutdown", "error", err)
 		return exitFailure
