@@ -78,6 +78,7 @@ Read what landed in Kafka:
   bin/kafkatail -b 127.0.0.1:$KAFKA_PORT -t payments      (Go fallback, always available)
 Gateway state:
   bin/gateway status
+$( [ -n "$KAFKA_PID" ] && printf 'Take Kafka away (the gateway keeps buffering) and bring it back:\n  kill %s\n  bin/devkafka -addr 127.0.0.1:%s -data-dir %s\n' "$KAFKA_PID" "$KAFKA_PORT" "$DATA")
 
 Ctrl-C stops the gateway and devkafka.
 
