@@ -1,12 +1,15 @@
 package config
 
 import (
+	"bytes"
 	"os"
 	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/spf13/viper"
 )
 
 // documentedAhead are keys docs/configuration.md describes before their code
@@ -118,5 +121,42 @@ func TestDefaultsCoverEveryScalarKey(t *testing.T) {
 		if _, ok := defaults[k]; !ok {
 			t.Errorf("%s has no entry in defaults: it cannot be overridden from the environment", k)
 		}
+	}
+}
+
+// config.example.yaml sets every key of the schema (each with a comment), so
+// the file the package installs shows an operator all there is.
+func TestExampleFileHasEveryKey(t *testing.T) {
+	data, err := os.ReadFile("../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	in := map[string]bool{}
+	for _, k := range v.AllKeys() {
+		in[k] = true
+	}
+	if routes, ok := v.Get("routes").([]any); ok && len(routes) > 0 {
+		if r, ok := routes[0].(map[string]any); ok {
+			for k := range r {
+				in["routes[]."+k] = true
+			}
+		}
+	}
+	code := map[string]bool{}
+	schemaKeys(reflect.TypeOf(raw{}), "", code)
+	var missing []string
+	for k := range code {
+		if !in[k] {
+			missing = append(missing, k)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Errorf("config.example.yaml lacks: %s", strings.Join(missing, ", "))
 	}
 }
