@@ -23,7 +23,11 @@ PAYPROC_PID=
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 cleanup() {
-	if [ -n "$PAYPROC_PID" ]; then kill -TERM "$PAYPROC_PID" 2>/dev/null || true; fi
+	if [ -n "$PAYPROC_PID" ]; then
+		kill -TERM "$PAYPROC_PID" 2>/dev/null || true
+		for _ in $(seq 50); do kill -0 "$PAYPROC_PID" 2>/dev/null || break; sleep 0.1; done
+		wait "$PAYPROC_PID" 2>/dev/null || true
+	fi
 	if [ -n "$KAFKA_PID" ] && kill -0 "$KAFKA_PID" 2>/dev/null; then
 		echo "stopping devkafka (pid $KAFKA_PID)" >&2
 		kill -TERM "$KAFKA_PID" 2>/dev/null || true
