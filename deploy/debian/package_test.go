@@ -42,8 +42,9 @@ func TestPackageInstallUpgradeRemovePurge(t *testing.T) {
 	run(t, filepath.Join(repo, "scripts", "mkdeb"), nil, "go", "build", "-o", mkdeb, ".")
 	build := func(version, conffile string) string {
 		bin := filepath.Join(tmp, "gateway-"+version)
+		// As make deb builds it (a static, stripped binary).
 		run(t, repo, []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64"},
-			"go", "build", "-trimpath", "-ldflags", "-X main.version="+version, "-o", bin, "./cmd/gateway")
+			"go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version, "-o", bin, "./cmd/gateway")
 		out := run(t, repo, nil, mkdeb, "-root", repo, "-bin", bin, "-arch", "amd64", "-version", version,
 			"-config", conffile, "-out", filepath.Join(tmp, "dist"))
 		return strings.TrimSpace(out)
@@ -56,6 +57,14 @@ func TestPackageInstallUpgradeRemovePurge(t *testing.T) {
 	write(t, changed, string(example)+"# shipped with 0.3.1\n")
 	deb1 := build("0.3.0", filepath.Join(repo, "config.example.yaml"))
 	deb2 := build("0.3.1", changed)
+
+	// lintian, where installed (apt-get install lintian): no errors. The one
+	// warning left is no-manual-page.
+	if _, err := exec.LookPath("lintian"); err == nil {
+		run(t, "/", nil, "lintian", "--fail-on", "error", "--tag-display-limit", "0", deb1)
+	} else {
+		t.Log("lintian not installed: package not linted")
+	}
 
 	root := scratchRoot(t, filepath.Join(tmp, "root"))
 	p := func(rel string) string { return filepath.Join(root, rel) }

@@ -106,7 +106,8 @@ func run() error {
 				{Source: changelog, Destination: "/usr/share/doc/gateway/changelog.gz", FileInfo: mode(0o644)},
 				{Source: filepath.Join(*root, "README.md"), Destination: "/usr/share/doc/gateway/README.md", FileInfo: mode(0o644)},
 				{Source: filepath.Join(*root, "CHANGELOG.md"), Destination: "/usr/share/doc/gateway/CHANGELOG.md", FileInfo: mode(0o644)},
-				{Source: filepath.Join(*root, "docs"), Destination: "/usr/share/doc/gateway/docs", Type: files.TypeTree},
+				{Source: filepath.Join(*root, "docs", "*.md"), Destination: "/usr/share/doc/gateway/docs/", FileInfo: mode(0o644)},
+				{Source: filepath.Join(*root, "deploy", "grafana", "gateway.json"), Destination: "/usr/share/doc/gateway/examples/grafana-dashboard.json", FileInfo: mode(0o644)},
 			},
 			Scripts: nfpm.Scripts{
 				PostInstall: deb("postinst"),
