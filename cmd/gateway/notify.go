@@ -19,11 +19,19 @@ type notifier struct {
 	log   *slog.Logger
 	ready func() bool
 	poll  time.Duration // how often readiness is checked before READY=1
+	// notify sends one state; daemon.SdNotify (tests record instead).
+	notify   func(state string) (bool, error)
+	watchdog func() (time.Duration, error) // daemon.SdWatchdogEnabled
 
 	quit chan struct{}
 	done chan struct{}
 	once sync.Once
 }
+
+const (
+	notReadyMsg   = "not ready (see /readyz): no longer pinging the systemd watchdog; systemd restarts the gateway after WatchdogSec unless it recovers"
+	readyAgainMsg = "ready again: pinging the systemd watchdog again"
+)
 
 // startNotifier starts telling systemd about g; stopping() ends it.
 func startNotifier(g *gateway, log *slog.Logger) *notifier {
@@ -32,15 +40,26 @@ func startNotifier(g *gateway, log *slog.Logger) *notifier {
 		// The very function /readyz answers with, whatever it checks.
 		ready: g.adminSources(g.cfg.Load(), g.reg).Ready,
 		poll:  100 * time.Millisecond,
-		quit:  make(chan struct{}),
-		done:  make(chan struct{}),
 	}
-	go n.run()
+	n.start()
 	return n
 }
 
+// start fills the defaults and runs the notifier.
+func (n *notifier) start() {
+	if n.notify == nil {
+		n.notify = func(state string) (bool, error) { return daemon.SdNotify(false, state) }
+	}
+	if n.watchdog == nil {
+		n.watchdog = func() (time.Duration, error) { return daemon.SdWatchdogEnabled(false) }
+	}
+	n.quit = make(chan struct{})
+	n.done = make(chan struct{})
+	go n.run()
+}
+
 func (n *notifier) send(state string) bool {
-	sent, err := daemon.SdNotify(false, state)
+	sent, err := n.notify(state)
 	if err != nil {
 		n.log.Warn("systemd notify failed", "state", state, "error", err)
 	}
@@ -61,7 +80,7 @@ func (n *notifier) run() {
 	if n.send(daemon.SdNotifyReady) {
 		n.log.Info("told systemd the gateway is ready")
 	}
-	interval, err := daemon.SdWatchdogEnabled(false)
+	interval, err := n.watchdog()
 	if err != nil {
 		n.log.Warn("systemd watchdog settings unreadable; not pinging", "error", err)
 		return
@@ -78,16 +97,16 @@ func (n *notifier) run() {
 		case <-t.C:
 		}
 		ok := n.ready()
-		if ok {
-			n.send(daemon.SdNotifyWatchdog)
-		}
 		if ok != healthy {
 			healthy = ok
 			if ok {
-				n.log.Info("ready again: pinging the systemd watchdog again")
+				n.log.Info(readyAgainMsg)
 			} else {
-				n.log.Error("not ready (see /readyz): no longer pinging the systemd watchdog; systemd restarts the gateway after WatchdogSec unless it recovers", "watchdog", interval)
+				n.log.Error(notReadyMsg, "watchdog", interval)
 			}
+		}
+		if ok {
+			n.send(daemon.SdNotifyWatchdog)
 		}
 	}
 }
