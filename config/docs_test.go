@@ -26,7 +26,6 @@ var documentedAhead = map[string]bool{
 	"admin.pprof":             true, // issue 9
 	"kafka.max_message_bytes": true, // issue 10
 	"kafka.dead_letter_topic": true, // issue 10
-	"buffer.commit_wait":      true, // issue 8
 }
 
 // schemaKeys lists every key of the YAML schema from the mapstructure tags of
