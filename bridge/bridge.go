@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +133,12 @@ type Bridge struct {
 	// is set no late acknowledgement touches the buffer.
 	delMu     sync.Mutex
 	abandoned bool
+
+	// wroteMarks: this process committed exactly-once marks of its epoch.
+	wroteMarks atomic.Bool
+	// dupID is the last evidence that another live box uses this gateway
+	// id ("" if none); see DuplicateID.
+	dupID atomic.Pointer[string]
 }
 
 // New validates opts and prepares a bridge; it does no network I/O.
@@ -405,12 +410,13 @@ func (b *Bridge) deleteAcked(refs []buffer.Ref) error {
 
 // message builds the Kafka record of CONTRACT §4.
 func (b *Bridge) message(rec *buffer.Record) *sarama.ProducerMessage {
-	hs := make([]sarama.RecordHeader, 0, 4+len(rec.Headers))
+	hs := make([]sarama.RecordHeader, 0, 5+len(rec.Headers))
 	hs = append(hs,
 		sarama.RecordHeader{Key: []byte("mqtt.topic"), Value: []byte(rec.MQTTTopic)},
 		sarama.RecordHeader{Key: []byte("mqtt.client_id"), Value: []byte(rec.ClientID)},
 		sarama.RecordHeader{Key: []byte("gw.id"), Value: []byte(b.opts.GatewayID)},
-		sarama.RecordHeader{Key: []byte("gw.seq"), Value: strconv.AppendUint(nil, rec.Seq, 10)},
+		sarama.RecordHeader{Key: []byte("gw.seq"), Value: formatSeq(rec.Seq)},
+		sarama.RecordHeader{Key: []byte("gw.epoch"), Value: []byte(b.buf.Epoch())},
 	)
 	for _, h := range rec.Headers {
 		hs = append(hs, sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
@@ -430,6 +436,25 @@ func (b *Bridge) message(rec *buffer.Record) *sarama.ProducerMessage {
 		Headers:   hs,
 		Timestamp: rec.Received,
 	}
+}
+
+// duplicateID reports evidence that another live process uses this
+// gateway's id: logged, counted and kept for /status.
+func (b *Bridge) duplicateID(evidence string) {
+	b.m.duplicateID.Inc()
+	if old := b.dupID.Swap(&evidence); old == nil || *old != evidence {
+		b.log.Error("another gateway is running with the same id: give every box its own id (records of the two would share gw.id)",
+			"id", b.opts.GatewayID, "evidence", evidence)
+	}
+}
+
+// DuplicateID returns the last evidence that another live process uses this
+// gateway's id, or "" if there is none.
+func (b *Bridge) DuplicateID() string {
+	if p := b.dupID.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // rateWindow counts events per second over the last ten seconds.

@@ -73,7 +73,7 @@ func TestExactlyOnceAfterCommitBeforeDelete(t *testing.T) {
 		t.Fatalf("%d committed records, want 2002", len(recs))
 	}
 	marks := readCommitted(t, k.Addrs, OffsetsTopic)
-	if len(marks) == 0 || string(marks[len(marks)-1].Key) != gwID+"/payments" {
+	if len(marks) == 0 || string(marks[len(marks)-1].Key) != markKey(gwID) {
 		t.Fatalf("marks topic: %d records", len(marks))
 	}
 }

@@ -3,6 +3,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -39,6 +40,10 @@ type session struct {
 	batches     int        // batches not yet completed and deleted
 	lastAckAt   time.Time  // last acknowledgement, or when outstanding became non-zero
 	stalled     bool
+
+	// marks: exactly-once, every route's highest committed gw.seq in this
+	// buffer's epoch; each transaction writes all of them (exactlyonce.go).
+	marks map[string]uint64
 
 	acked     atomic.Uint64
 	completed chan *batch   // full batches go to the deleter
@@ -243,29 +248,37 @@ func (s *session) commitTxn(bt *batch, sent int) error {
 		s.abort(bt, len(bt.recs)-sent)
 		return err
 	}
-	marks := map[string]uint64{} // route -> its highest seq in the batch (FIFO: its last)
-	for i := range bt.recs {
-		marks[bt.recs[i].Route] = bt.recs[i].Seq
+	// Every route's mark of this epoch, with the batch's routes moved to
+	// their highest seq in it (FIFO: their last).
+	marks := maps.Clone(s.marks)
+	if marks == nil {
+		marks = map[string]uint64{}
 	}
-	for route, seq := range marks {
-		select {
-		case s.prod.Input() <- b.markMessage(route, seq):
-		case <-b.quit:
-			_ = s.prod.AbortTxn()
-			s.abort(bt, 0)
-			return nil
-		case <-s.f.fenced:
-			s.abort(bt, 0)
-			return s.f.error()
-		}
+	for i := range bt.recs {
+		marks[bt.recs[i].Route] = max(marks[bt.recs[i].Route], bt.recs[i].Seq)
+	}
+	select {
+	case s.prod.Input() <- b.markMessage(marks):
+	case <-b.quit:
+		_ = s.prod.AbortTxn()
+		s.abort(bt, 0)
+		return nil
+	case <-s.f.fenced:
+		s.abort(bt, 0)
+		return s.f.error()
 	}
 	if err := s.commitWatched(); err != nil {
 		err = fmt.Errorf("bridge: commit transaction: %w", err)
+		if errors.Is(err, sarama.ErrProducerFenced) {
+			b.duplicateID("Kafka fenced this gateway's transactional producer: another process registered the same transactional.id")
+		}
 		_ = s.prod.AbortTxn()
 		s.f.kill(err)
 		s.abort(bt, 0)
 		return err
 	}
+	s.marks = marks
+	b.wroteMarks.Store(true)
 	s.submitted(bt, 0)
 	return nil
 }
