@@ -352,7 +352,7 @@ func (b *Buffer) janitor() {
 			b.log.Error("buffer: expiry pass failed", "error", err)
 		}
 		if b.shouldCompact() {
-			if _, err := b.Compact(); err != nil {
+			if _, err := b.Compact(); err != nil && b.Err() == nil {
 				b.log.Error("buffer: compaction failed; the old file stays in use", "error", err)
 			}
 		}
@@ -407,21 +407,33 @@ func (b *Buffer) Compact() (CompactStats, error) {
 	dst.Close()
 	if err := b.db.Close(); err != nil {
 		os.Remove(tmp)
-		return st, fmt.Errorf("buffer: compact: closing the old file: %w", err)
+		err = fmt.Errorf("buffer: compact: closing the old file: %w", err)
+		b.fail(err)
+		return st, err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		// keep using the old file
 		db, oerr := bolt.Open(path, 0o600, boltOptions())
 		if oerr != nil {
-			return st, fmt.Errorf("buffer: compact: rename failed (%v) and reopening failed: %w", err, oerr)
+			err = fmt.Errorf("buffer: compact: rename failed (%v) and reopening failed: %w", err, oerr)
+			b.fail(err)
+			return st, err
 		}
 		b.db = db
 		return st, fmt.Errorf("buffer: compact: %w", err)
 	}
-	syncDir(filepath.Dir(path))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		// The swap may not survive a power cut: appends made to the new file
+		// could vanish with it. Acknowledge nothing more.
+		err = fmt.Errorf("buffer: compact: after the swap: %w", err)
+		b.fail(err)
+		return st, err
+	}
 	db, err := bolt.Open(path, 0o600, boltOptions())
 	if err != nil {
-		return st, fmt.Errorf("buffer: compact: reopen: %w", err)
+		err = fmt.Errorf("buffer: compact: reopen: %w", err)
+		b.fail(err)
+		return st, err
 	}
 	b.db = db
 	st.Paused = time.Since(start)
@@ -432,13 +444,6 @@ func (b *Buffer) Compact() (CompactStats, error) {
 	return st, nil
 }
 
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-}
-
 // quarantine moves a file that cannot be opened as a buffer aside, keeping it
 // for inspection, and returns the new name.
 func quarantine(path string, now time.Time) (string, error) {
@@ -446,7 +451,9 @@ func quarantine(path string, now time.Time) (string, error) {
 	if err := os.Rename(path, dst); err != nil {
 		return "", err
 	}
-	syncDir(filepath.Dir(path))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return dst, err
+	}
 	return dst, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -63,11 +64,15 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	g.reg = reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	g.buf, err = buffer.Open(buffer.Options{
+	bopts := buffer.Options{
 		Path:   filepath.Join(cfg.DataDir, "buffer.db"),
 		Logger: log.With("component", "buffer"),
 		Limits: bufferLimits(cfg, g.rules.Load()),
-	})
+	}
+	if testBufferOptions != nil {
+		testBufferOptions(&bopts)
+	}
+	g.buf, err = buffer.Open(bopts)
 	if err != nil {
 		return nil, err
 	}
@@ -121,13 +126,31 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	return g, nil
 }
 
+// testBufferOptions, when a test sets it, adjusts the buffer's options (e.g.
+// a small compaction threshold).
+var testBufferOptions func(*buffer.Options)
+
+// wait blocks until a signal arrives (a clean stop) or the buffer becomes
+// unusable (DESIGN invariant 13: components report, main exits). It returns
+// the signal, or nil and the buffer's error.
+func (g *gateway) wait(sig <-chan os.Signal) (os.Signal, error) {
+	select {
+	case s := <-sig:
+		return s, nil
+	case <-g.buf.Failed():
+		return nil, g.buf.Err()
+	}
+}
+
 func backlogCount(b *buffer.Buffer) int64 { n, _ := b.Total(); return n }
 
 func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) admin.Sources {
 	return admin.Sources{
 		GatewayID: cfg.ID,
 		Version:   version,
-		Ready:     func() bool { return g.brk != nil && g.brk.Listening() },
+		// Ready only while the buffer can take writes: a buffer made
+		// unusable (a failed compaction swap) is 503 until the process exits.
+		Ready: func() bool { return g.brk != nil && g.brk.Listening() && g.buf.Err() == nil },
 		Routes: func() []admin.RouteInfo {
 			var out []admin.RouteInfo
 			for _, r := range g.rules.Load().Routes() {

@@ -133,9 +133,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	s := <-sig
-	log.Info("shutting down", "signal", s.String())
+	s, ferr := gw.wait(sig)
 	signal.Stop(sig)
+	if ferr != nil {
+		// systemd restarts the process on the file that is on disk; what was
+		// acknowledged is in it (or in the compaction copy beside it).
+		log.Error("the buffer is unusable; stopping so the gateway restarts", "error", ferr)
+		gw.stop()
+		return exitFailure
+	}
+	log.Info("shutting down", "signal", s.String())
 	if err := gw.stop(); err != nil {
 		log.Error("shutdown", "error", err)
 		return exitFailure
