@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/logonce"
 )
 
 // Link states reported by LinkStatus.State.
@@ -134,6 +135,14 @@ type Bridge struct {
 	delMu     sync.Mutex
 	abandoned bool
 
+	// waits, suspects: routes waiting on their topic, and routes with
+	// records a broker refused within a batch (poison.go); guarded by waitMu.
+	waitMu   sync.Mutex
+	waits    map[string]*RouteWait
+	suspects map[string]uint64
+	dlq      dlqSender // kafka.dead_letter_topic copies
+	logs     logonce.Set
+
 	// wroteMarks: this process committed exactly-once marks of its epoch.
 	wroteMarks atomic.Bool
 	// dupID is the last evidence that another live box uses this gateway
@@ -208,6 +217,9 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 		lim:   rate.NewLimiter(rate.Inf, 1),
 		sizer: newBatchSizer(opts.MinBatchRecords, opts.MaxBatchRecords),
 		link:  LinkStatus{State: StateConnecting},
+
+		waits:    map[string]*RouteWait{},
+		suspects: map[string]uint64{},
 	}
 	b.rules.Store(&linkRules{link: cloneLink(opts.Link), priority: opts.Priority})
 	b.setLimit(opts.Link.MaxBytesPerSecond)
@@ -264,6 +276,7 @@ func (b *Bridge) Close() error {
 		b.abandoned = true
 		b.delMu.Unlock()
 	})
+	b.closeDeadLetters()
 	return nil
 }
 
@@ -315,13 +328,22 @@ func (b *Bridge) run() {
 		b.setUp()
 		err = s.drain()
 		s.shutdown()
-		if s.acked.Load() > 0 {
+		if s.acked.Load() > 0 || s.setAside.Load() > 0 {
 			failures = 0
 		}
 		if b.stopping() {
 			return
 		}
 		if err == nil {
+			continue
+		}
+		if s.setAside.Load() > 0 {
+			// The session ended on a record Kafka refuses or a topic it
+			// lacks: Kafka answered, the link is up, the rest goes on.
+			b.log.Debug("drain session restarts after setting records aside or a route waiting", "error", err)
+			if !b.sleep(reconnectMin / 5) {
+				return
+			}
 			continue
 		}
 		b.m.errors.WithLabelValues("produce").Inc()

@@ -46,6 +46,16 @@ type session struct {
 	marks map[string]uint64
 
 	acked     atomic.Uint64
+	// setAside counts records set aside and routes made to wait in this
+	// session: a session that ends on those did not end on the link.
+	setAside atomic.Int64
+	// topicOK: topics Kafka confirmed in this session (screen).
+	topicOK map[string]bool
+	// careful: suspect routes and their highest suspect seq; while non-empty
+	// the session sends one record at a time (poison.go). Guarded by mu.
+	careful map[string]uint64
+	// lastContact is the last answer from Kafka (guarded by mu).
+	lastContact time.Time
 	completed chan *batch   // full batches go to the deleter
 	space     chan struct{} // a batch was deleted: room for another
 	readers   sync.WaitGroup
@@ -62,6 +72,11 @@ type batch struct {
 	// aborted: exactly-once, the batch's transaction did not commit, so
 	// nothing of it is deleted whatever Kafka acknowledged.
 	aborted bool
+	// errs holds each failed record's error (nil until one fails).
+	errs map[int]error
+	// alone: sent while nothing else was in flight (careful mode), so a
+	// refusal names exactly this record.
+	alone bool
 }
 
 // messageBytes is what the bandwidth cap counts for a record: key, value
@@ -82,9 +97,12 @@ type msgRef struct {
 
 func (b *Bridge) connect() (*session, error) {
 	s := &session{
-		b:         b,
-		completed: make(chan *batch, b.opts.MaxInflightBatches+1),
-		space:     make(chan struct{}, 1),
+		b:           b,
+		completed:   make(chan *batch, b.opts.MaxInflightBatches+1),
+		space:       make(chan struct{}, 1),
+		topicOK:     map[string]bool{},
+		careful:     b.suspectRoutes(),
+		lastContact: time.Now(),
 	}
 	s.f = newFence(s)
 	b.setSession(s)
@@ -150,7 +168,8 @@ func (s *session) drain() error {
 			return s.f.error()
 		default:
 		}
-		if s.inflightBatches() >= b.opts.MaxInflightBatches {
+		careful := s.isCareful()
+		if s.inflightBatches() >= b.opts.MaxInflightBatches || (careful && s.inflightBatches() > 0) {
 			select {
 			case <-b.quit:
 				return nil
@@ -165,13 +184,31 @@ func (s *session) drain() error {
 		rules := b.rules.Load()
 		ws := windowAt(rules.link, b.opts.Now())
 		b.checkWindow(ws)
-		after := b.readCursors(cursors, ws, rules.priority)
-		recs, err := b.buf.Read(after, rules.priority, b.sizer.size(), b.batchBytes(rules.link))
+		after := b.skipWaiting(b.readCursors(cursors, ws, rules.priority), cursors)
+		size := b.sizer.size()
+		if careful {
+			size = 1
+		}
+		recs, err := b.buf.Read(after, rules.priority, size, b.batchBytes(rules.link))
 		if err != nil {
 			s.f.kill(err)
 			return fmt.Errorf("bridge: %w", err)
 		}
+		if careful {
+			s.settleCareful(recs)
+		}
+		recs, changed, err := s.screen(recs)
+		if err != nil {
+			s.f.kill(err)
+			return fmt.Errorf("bridge: %w", err)
+		}
+		if changed {
+			s.setAside.Add(1)
+		}
 		if len(recs) == 0 {
+			if changed {
+				continue // something was set aside or made to wait: read again
+			}
 			select {
 			case <-b.quit:
 				return nil
@@ -182,10 +219,14 @@ func (s *session) drain() error {
 			case <-s.space:
 			case <-tick.C:
 				s.checkStall()
+				if err := s.probe(); err != nil {
+					s.f.kill(err)
+					return err
+				}
 			}
 			continue
 		}
-		bt := &batch{recs: recs, acked: make([]bool, len(recs)), pending: len(recs) + 1}
+		bt := &batch{recs: recs, acked: make([]bool, len(recs)), pending: len(recs) + 1, alone: careful}
 		s.mu.Lock()
 		if s.outstanding == 0 {
 			s.lastAckAt = time.Now()
@@ -344,9 +385,14 @@ func (s *session) result(msg *sarama.ProducerMessage, err error) {
 	if err == nil {
 		ref.b.acked[ref.idx] = true
 		s.lastAckAt = now
+		s.lastContact = now
 		s.stalled = false
 	} else {
 		ref.b.failed++
+		if ref.b.errs == nil {
+			ref.b.errs = map[int]error{}
+		}
+		ref.b.errs[ref.idx] = err
 	}
 	ref.b.pending--
 	s.outstanding--
@@ -355,6 +401,10 @@ func (s *session) result(msg *sarama.ProducerMessage, err error) {
 	s.b.m.inflight.Dec()
 	if err == nil {
 		s.acked.Add(1)
+	} else if reason := waitReason(err); reason != "" {
+		rec := &ref.b.recs[ref.idx]
+		s.b.setWaiting(rec.Route, rec.KafkaTopic, reason, err)
+		s.setAside.Add(1)
 	}
 	if done {
 		s.completed <- ref.b
@@ -428,7 +478,14 @@ func (s *session) deleter() {
 				refs = append(refs, buffer.Ref{Route: bt.recs[i].Route, Seq: bt.recs[i].Seq})
 			}
 		}
+		s.setAsidePoison(bt)
 		if len(refs) > 0 {
+			for i := range refs {
+				if i == 0 || refs[i].Route != refs[i-1].Route {
+					s.b.routeDelivered(refs[i].Route)
+				}
+				s.decided(refs[i].Route, refs[i].Seq)
+			}
 			if err := s.b.deleteAcked(refs); err != nil {
 				// They stay and are sent again after the restart this forces.
 				if !errors.Is(err, errClosing) {
