@@ -238,6 +238,7 @@ func TestDrainRecordFormat(t *testing.T) {
 			{Key: "mqtt.client_id", Value: []byte(want.ClientID)},
 			{Key: "gw.id", Value: []byte(gwID)},
 			{Key: "gw.seq", Value: []byte(strconv.FormatUint(want.Seq, 10))},
+			{Key: "gw.epoch", Value: []byte(buf.Epoch())},
 		}
 		for _, h := range want.Headers {
 			wantH = append(wantH, kgo.RecordHeader{Key: h.Key, Value: h.Value})

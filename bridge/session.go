@@ -45,7 +45,7 @@ type session struct {
 	// buffer's epoch; each transaction writes all of them (exactlyonce.go).
 	marks map[string]uint64
 
-	acked     atomic.Uint64
+	acked atomic.Uint64
 	// setAside counts records set aside and routes made to wait in this
 	// session: a session that ends on those did not end on the link.
 	setAside atomic.Int64
@@ -56,10 +56,10 @@ type session struct {
 	careful map[string]uint64
 	// lastContact is the last answer from Kafka (guarded by mu).
 	lastContact time.Time
-	completed chan *batch   // full batches go to the deleter
-	space     chan struct{} // a batch was deleted: room for another
-	readers   sync.WaitGroup
-	deleterWG sync.WaitGroup
+	completed   chan *batch   // full batches go to the deleter
+	space       chan struct{} // a batch was deleted: room for another
+	readers     sync.WaitGroup
+	deleterWG   sync.WaitGroup
 }
 
 // batch is one Read from the buffer, deleted when all its results are in.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/boltfile"
 	"github.com/edgegw/gateway/internal/logonce"
 	"github.com/edgegw/gateway/rules"
 )
@@ -62,6 +63,8 @@ type Broker struct {
 	refused  *prometheus.CounterVec
 	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
 	logs     logonce.Set
+
+	quarantined string // where a corrupt sessions.db was moved at start, or ""
 }
 
 // New builds the broker and its listeners; it does not accept connections
@@ -126,10 +129,19 @@ func New(opts Options) (*Broker, error) {
 	if !opts.NoSessionStore {
 		store := &sessionStore{Hook: new(bolt.Hook), ingest: b.ingest, downlink: b.downlink}
 		b.store = store
-		err := b.server.AddHook(store, &bolt.Options{
-			Path:    filepath.Join(cfg.DataDir, "sessions.db"),
-			Options: &bbolt.Options{Timeout: 2e9, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-		})
+		path := filepath.Join(cfg.DataDir, "sessions.db")
+		bopts := &bbolt.Options{Timeout: 2e9, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}
+		// A corrupt sessions file must not stop the gateway or crash it
+		// later: moved aside, the gateway starts with no stored sessions.
+		moved, cause := boltfile.VerifyOrQuarantine(path, bopts, time.Now())
+		if moved != "" {
+			b.quarantined = moved
+			lg.Error("broker: sessions.db could not be read; moved it aside and started with no stored sessions",
+				"error", cause, "kept_as", moved)
+		} else if cause != nil {
+			return nil, fmt.Errorf("broker: session store: %w", cause)
+		}
+		err := b.server.AddHook(store, &bolt.Options{Path: path, Options: bopts})
 		if err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
@@ -146,6 +158,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	return b, nil
 }
+
+// Quarantined returns where a corrupt sessions.db was moved at start, or "".
+func (b *Broker) Quarantined() string { return b.quarantined }
 
 func (b *Broker) addListeners(cfg *config.Config) error {
 	maxPacket := uint32(cfg.MQTT.MaxPacketSize)

@@ -124,6 +124,8 @@ type Receipts struct {
 	dropDev   atomic.Uint64 // reason invalid_device
 	logs      logonce.Set
 
+	quarantined string // where a corrupt receipts.db was moved at start, or ""
+
 	mConsumed  prometheus.Counter
 	mDelivered prometheus.Counter
 	mAcked     prometheus.Counter
@@ -220,8 +222,13 @@ func New(opts Options) (*Receipts, error) {
 			}
 		}
 	}
-	if r.box, err = openOutbox(opts.Path); err != nil {
+	var cause error
+	if r.box, r.quarantined, cause, err = openOutboxQuarantine(opts.Path, time.Now()); err != nil {
 		return nil, err
+	}
+	if r.quarantined != "" {
+		lg.Error("receipts: receipts.db could not be read; moved it aside and started an empty outbox",
+			"error", cause, "kept_as", r.quarantined)
 	}
 	return r, nil
 }
@@ -273,6 +280,9 @@ func (r *Receipts) Close() error {
 	})
 	return r.closeErr
 }
+
+// Quarantined returns where a corrupt receipts.db was moved at start, or "".
+func (r *Receipts) Quarantined() string { return r.quarantined }
 
 // Pending returns, per device, how many receipts wait in its outbox.
 func (r *Receipts) Pending() map[string]int { return r.box.pendingAll() }

@@ -121,6 +121,10 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	}
 	g.rcp.Start()
 	g.brg.Start()
+	if h, err := os.Hostname(); err == nil && cfg.ID == h {
+		log.Warn("the gateway id is the host name (the default when id is not set); boxes flashed from one image share it and their records would share gw.id: set a unique id per box",
+			"id", cfg.ID)
+	}
 	log.Info("gateway started", "id", cfg.ID, "mqtt", g.brk.Addr("tcp"), "admin", cfg.Admin.Address,
 		"kafka", cfg.Kafka.Brokers, "data_dir", cfg.DataDir, "backlog", backlogCount(g.buf))
 	return g, nil
@@ -176,7 +180,37 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		ReceiptsDropped: g.rcp.DroppedByReason,
 		Gatherer:        reg,
 		Config:          g.runningConfig,
+
+		DeadLetterCounts: func() map[string]map[string]uint64 {
+			c, err := g.buf.DeadLetterCounts()
+			if err != nil {
+				g.log.Warn("reading the dead-letter counts failed", "error", err)
+			}
+			return c
+		},
+		DeadLetters: g.buf,
+		Waiting: func() map[string]admin.RouteWait {
+			out := map[string]admin.RouteWait{}
+			for r, w := range g.brg.Waiting() {
+				out[r] = admin.RouteWait{Topic: w.Topic, Reason: w.Reason, Error: w.Error, Since: w.Since, Retry: w.Retry}
+			}
+			return out
+		},
+		QuarantinedFiles: g.quarantinedFiles,
+		Problems:         g.problems,
 	}
+}
+
+// problems are conditions the operator must fix, for /status.
+func (g *gateway) problems() []string {
+	var out []string
+	if err := g.buf.Err(); err != nil {
+		out = append(out, "buffer unusable (the gateway exits to be restarted): "+err.Error())
+	}
+	if d := g.brg.DuplicateID(); d != "" {
+		out = append(out, fmt.Sprintf("another gateway uses the id %q: %s", g.cfg.Load().ID, d))
+	}
+	return out
 }
 
 // stop shuts down in reverse start order; safe to call twice.
@@ -204,4 +238,17 @@ func (g *gateway) stop() error {
 		g.stopErr = errors.Join(errs...)
 	})
 	return g.stopErr
+}
+
+// quarantinedFiles are the state files moved aside at start because they
+// could not be read (the buffer's own is reported under disk).
+func (g *gateway) quarantinedFiles() map[string]string {
+	out := map[string]string{}
+	if q := g.brk.Quarantined(); q != "" {
+		out["sessions.db"] = q
+	}
+	if q := g.rcp.Quarantined(); q != "" {
+		out["receipts.db"] = q
+	}
+	return out
 }

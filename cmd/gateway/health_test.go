@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgegw/gateway/admin"
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
 	"github.com/edgegw/gateway/internal/testkit"
@@ -115,5 +119,42 @@ func TestFailedSwapMakesUnreadyAndExits(t *testing.T) {
 	defer b.Close()
 	if n, _ := b.Total(); n != 5 {
 		t.Fatalf("%d of 5 acknowledged records on disk", n)
+	}
+}
+
+// Corrupt sessions.db and receipts.db (garbage, as a bad card sector or a
+// torn copy leaves them) do not stop the gateway: each is moved aside, the
+// gateway starts, is ready, and /status names both quarantined files.
+func TestCorruptStateFilesAreQuarantined(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"sessions.db", "receipts.db"} {
+		if err := os.WriteFile(filepath.Join(dir, f), bytes.Repeat([]byte("\xde\xad\xbe\xef"), 8192), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := testConfig(t, dir)
+	g, err := startGateway(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("the gateway did not start with corrupt state files: %v", err)
+	}
+	defer g.stop()
+	testkit.Eventually(t, 10*time.Second, func() bool { return readyz(cfg.Admin.Address) == 200 }, "never ready")
+	st, err := admin.FetchStatus(context.Background(), cfg.Admin.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"sessions.db", "receipts.db"} {
+		kept := st.QuarantinedFiles[f]
+		if !strings.HasPrefix(kept, filepath.Join(dir, f)+".corrupt-") {
+			t.Fatalf("%s: quarantined as %q; status %+v", f, kept, st.QuarantinedFiles)
+		}
+		if _, err := os.Stat(kept); err != nil {
+			t.Fatalf("%s: the corrupt file was not kept: %v", f, err)
+		}
+	}
+	var out bytes.Buffer
+	admin.PrintStatus(&out, st)
+	if !strings.Contains(out.String(), "quarantined: sessions.db") {
+		t.Fatalf("gateway status does not say so:\n%s", out.String())
 	}
 }
