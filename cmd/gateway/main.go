@@ -33,6 +33,8 @@ const usage = `usage:
                                  running behind admin address ADDR
   gateway status [--admin ADDR]  summary from a running gateway's admin endpoint
   gateway version                version, commit, Go version, platform
+  gateway deadletter ls|resend|drop [--data-dir DIR] [--admin ADDR]
+                                 records Kafka refused for good
 `
 
 // Exit codes.
@@ -59,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "deadletter":
+		return cmdDeadLetter(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
