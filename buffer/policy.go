@@ -34,6 +34,9 @@ type Policy struct {
 	MaxAge   time.Duration // 0 = no limit
 	MaxBytes int64         // 0 = only the global budget applies
 	OnFull   string        // "reject" (never evicted) or "drop_oldest"
+	// UseReserve lets the route use Limits.Reserve beyond the global budget
+	// (receipt confirmations and other system records).
+	UseReserve bool
 }
 
 // Limits are all routes' rules plus the global budget. A route the Routes
@@ -42,6 +45,10 @@ type Policy struct {
 type Limits struct {
 	MaxDiskBytes int64 // 0 = no global budget
 	Routes       func(route string) (Policy, bool)
+	// Reserve is room in bytes beyond MaxDiskBytes that only routes with
+	// Policy.UseReserve may take, so system records are not refused when
+	// terminals have filled the budget. 0 = none.
+	Reserve int64
 }
 
 func (l *Limits) policy(route string) Policy {
@@ -195,8 +202,12 @@ func (b *Buffer) makeRoom(tx *bolt.Tx, c *changes, l *Limits, route string, size
 			return err
 		}
 	}
-	if l.MaxDiskBytes > 0 && c.total()+size > l.MaxDiskBytes {
-		need := c.total() + size - l.MaxDiskBytes
+	limit := l.MaxDiskBytes
+	if p.UseReserve && limit > 0 {
+		limit += l.Reserve
+	}
+	if limit > 0 && c.total()+size > limit {
+		need := c.total() + size - limit
 		// take from drop_oldest routes, lowest priority (largest number) first
 		var victims []string
 		for name, bytes := range c.bytes {

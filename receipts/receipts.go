@@ -107,6 +107,7 @@ type Receipts struct {
 	// acknowledged receipts on their way out of the outbox
 	amu     sync.Mutex
 	acked   map[ref]bool
+	retry   []ref // acknowledged receipts whose confirmation is still to be stored (guarded by amu)
 	acks    chan ref
 	closeMu sync.RWMutex // held for reading while sending on acks; Close closes it under the write lock
 	// viewMu is held for reading around each outbox read that skips acked
@@ -479,54 +480,30 @@ func (r *Receipts) finisher() {
 }
 
 func (r *Receipts) finish(batch []ref) {
-	keep := false // true: leave in the outbox (the buffer is closing)
+	done := batch   // leave the outbox
+	var retry []ref // acknowledged, confirmation not stored yet: stay, retried
+	keep := false   // true: leave everything in the outbox (the buffer is closing)
 	if topic := r.cfg.ConfirmTopic; topic != "" {
-		recs, err := r.box.get(batch)
-		if err != nil {
-			r.logs.Warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
-		}
-		var wg sync.WaitGroup
-		var failed, closed atomic.Int32
-		for i := range recs {
-			rc := &recs[i]
-			wg.Add(1)
-			err := r.opts.Buffer.Append(&buffer.Append{Record: r.confirmation(rc), Done: func(res buffer.Result) {
-				if res.Err != nil {
-					failed.Add(1)
-					if errors.Is(res.Err, buffer.ErrClosed) {
-						closed.Add(1)
-					}
-				}
-				wg.Done()
-			}})
-			if err != nil {
-				failed.Add(1)
-				if errors.Is(err, buffer.ErrClosed) {
-					closed.Add(1)
-				}
-				wg.Done()
-			}
-		}
-		wg.Wait()
-		stored := int32(len(recs)) - failed.Load()
-		r.mConfirm.WithLabelValues("stored").Add(float64(stored))
-		if f := failed.Load(); f > 0 {
-			r.mConfirm.WithLabelValues("failed").Add(float64(f))
-			r.logs.Warn(r.log, "confirm", "receipts: storing delivery confirmations failed", "failed", f)
-		}
-		// The buffer closing means the process is stopping: keep the
-		// receipts, so they are delivered and confirmed after the restart.
-		keep = closed.Load() > 0
+		done, retry, keep = r.confirm(batch)
 	}
-	if !keep {
-		if _, err := r.box.remove(batch); err != nil {
+	if !keep && len(done) > 0 {
+		if _, err := r.box.remove(done); err != nil {
 			r.logs.Warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
 		}
 	}
 	r.viewMu.Lock()
 	r.amu.Lock()
-	for _, rf := range batch {
-		delete(r.acked, rf)
+	if keep {
+		for _, rf := range batch {
+			delete(r.acked, rf)
+		}
+	} else {
+		for _, rf := range done {
+			delete(r.acked, rf)
+		}
+		// Still acknowledged (so never sent to the terminal again), and
+		// confirmed by the sweeper once the buffer takes it.
+		r.retry = append(r.retry, retry...)
 	}
 	r.amu.Unlock()
 	r.viewMu.Unlock()
@@ -536,6 +513,80 @@ func (r *Receipts) finish(batch []ref) {
 			seen[rf.Device] = true
 			r.kick(rf.Device)
 		}
+	}
+}
+
+// confirm appends the confirmations of acknowledged receipts to the uplink
+// buffer. A receipt leaves the outbox only once its confirmation is durably
+// stored (done); those whose append failed are retried (retry); keep is true
+// when the buffer is closing (the process stops: all stay, delivered and
+// confirmed after the restart).
+func (r *Receipts) confirm(batch []ref) (done, retry []ref, keep bool) {
+	recs, err := r.box.get(batch)
+	if err != nil {
+		r.logs.Warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
+		return nil, batch, false
+	}
+	present := make(map[ref]bool, len(recs))
+	for i := range recs {
+		present[ref{Device: recs[i].Device, Seq: recs[i].Seq}] = true
+	}
+	for _, rf := range batch {
+		if !present[rf] {
+			done = append(done, rf) // gone already (expired): nothing to confirm
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var closed atomic.Int32
+	var firstErr error
+	result := func(rf ref, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err == nil:
+			done = append(done, rf)
+		default:
+			retry = append(retry, rf)
+			if firstErr == nil {
+				firstErr = err
+			}
+			if errors.Is(err, buffer.ErrClosed) {
+				closed.Add(1)
+			}
+		}
+	}
+	for i := range recs {
+		rc := &recs[i]
+		rf := ref{Device: rc.Device, Seq: rc.Seq}
+		wg.Add(1)
+		err := r.opts.Buffer.Append(&buffer.Append{Record: r.confirmation(rc), Done: func(res buffer.Result) {
+			result(rf, res.Err)
+			wg.Done()
+		}})
+		if err != nil {
+			result(rf, err)
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	r.mConfirm.WithLabelValues("stored").Add(float64(len(recs) - len(retry)))
+	if len(retry) > 0 {
+		r.mConfirm.WithLabelValues("failed").Add(float64(len(retry)))
+		r.logs.Warn(r.log, "confirm", "receipts: storing delivery confirmations failed; the receipts stay in the outbox and their confirmations are retried",
+			"failed", len(retry), "error", firstErr)
+	}
+	return done, retry, closed.Load() > 0
+}
+
+// retryConfirmations tries again the confirmations whose append failed.
+func (r *Receipts) retryConfirmations() {
+	r.amu.Lock()
+	batch := r.retry
+	r.retry = nil
+	r.amu.Unlock()
+	if len(batch) > 0 {
+		r.finish(batch)
 	}
 }
 
@@ -578,6 +629,7 @@ func (r *Receipts) sweeper() {
 				r.drop(old)
 			}
 		}
+		r.retryConfirmations()
 		for dev := range r.box.pendingAll() {
 			r.kick(dev)
 		}
