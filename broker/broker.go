@@ -102,7 +102,7 @@ func New(opts Options) (*Broker, error) {
 	acl := cfg.ACL
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
-	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}}
+	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}, recent: map[string]*recentIDs{}}
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_ingest_messages_total",

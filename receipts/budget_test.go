@@ -106,3 +106,34 @@ func TestReceiptStaysUntilItsConfirmationIsStored(t *testing.T) {
 		t.Fatalf("receipts delivered %d times to the terminal, want 5: %q", len(got), got)
 	}
 }
+
+// A terminal subscribed at QoS 0 gets its receipts at QoS 0 (MQTT: the
+// delivery QoS is the lower of the two); it never acknowledges them, so no
+// confirmation goes up for them: they are counted as unconfirmed. A QoS 1
+// subscriber beside it is confirmed as usual.
+func TestQoS0ReceiptsAreNotConfirmed(t *testing.T) {
+	e := newEnv(t, "")
+	t0 := connect(t, e.addr, "term-0", true)
+	if tok := t0.c.Subscribe("terminals/term-0/receipts", 0, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	t1 := connect(t, e.addr, "term-1", true)
+	t1.subscribe(t, "terminals/term-1/receipts")
+	e.produce("term-0", 0, 3)
+	e.produce("term-1", 0, 3)
+	waitReceived(t, t0, want("term-0", 0, 3))
+	waitReceived(t, t1, want("term-1", 0, 3))
+	testkit.Eventually(t, 20*time.Second, func() bool { return e.totalPending() == 0 }, "outbox: %v", e.rc.Pending())
+	testkit.Eventually(t, 20*time.Second, func() bool { return testutil.ToFloat64(e.rc.mUnconfirmed) == 3 }, "unconfirmed %v", testutil.ToFloat64(e.rc.mUnconfirmed))
+	recs := testkit.Consume(t, e.kafka.Addrs, []string{confirmTopic}).WaitN(t, 3, 30*time.Second)
+	testkit.Eventually(t, 20*time.Second, func() bool { n, _ := e.buf.Total(); return n == 0 }, "confirmations not drained")
+	recs = testkit.ReadAll(t, e.kafka.Addrs, confirmTopic)
+	for _, r := range recs {
+		if string(r.Key) != "term-1" {
+			t.Fatalf("a confirmation for %s, which never acknowledged anything", r.Key)
+		}
+	}
+	if len(recs) != 3 {
+		t.Fatalf("%d confirmations, want 3 (term-1's)", len(recs))
+	}
+}

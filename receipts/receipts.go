@@ -132,6 +132,8 @@ type Receipts struct {
 	mAcked     prometheus.Counter
 	mDropped   *prometheus.CounterVec
 	mConfirm   *prometheus.CounterVec
+
+	mUnconfirmed prometheus.Counter
 }
 
 // New validates the options and opens the outbox; it does no network I/O.
@@ -216,8 +218,12 @@ func New(opts Options) (*Receipts, error) {
 		Name: "gateway_receipts_confirmations_total",
 		Help: "Delivery confirmations appended to the uplink buffer, by result (stored, failed).",
 	}, []string{"result"})
+	r.mUnconfirmed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_receipts_unconfirmed_total",
+		Help: "Receipts delivered at QoS 0 (terminal subscribed at QoS 0): written, never acknowledged, so no confirmation was sent.",
+	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{r.mConsumed, r.mDelivered, r.mAcked, r.mDropped, r.mConfirm} {
+		for _, c := range []prometheus.Collector{r.mConsumed, r.mDelivered, r.mAcked, r.mDropped, r.mConfirm, r.mUnconfirmed} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("receipts: metrics: %w", err)
 			}
@@ -417,8 +423,23 @@ func (r *Receipts) deliver(dev string) {
 		if !acked {
 			return
 		}
-		r.ack(ref{Device: dev, Seq: rc.Seq}) // QoS 0: written is all we get
+		// QoS 0 (the terminal subscribed at QoS 0, or receipts.qos is 0):
+		// written is all there is. No PUBACK, so no confirmation: it leaves
+		// the outbox counted as unconfirmed (README "Receipts").
+		r.unconfirmed(ref{Device: dev, Seq: rc.Seq})
 	}
+}
+
+// unconfirmed removes a receipt delivered at QoS 0, which no terminal
+// acknowledges, without a confirmation, and counts it.
+func (r *Receipts) unconfirmed(rf ref) {
+	if _, err := r.box.remove([]ref{rf}); err != nil {
+		r.logs.Warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
+		return
+	}
+	r.mUnconfirmed.Inc()
+	r.logs.Warn(r.log, "qos0", "receipts delivered at QoS 0 (the terminal subscribed at QoS 0): no acknowledgement, so no delivery confirmation (logged once; see gateway_receipts_unconfirmed_total)",
+		"first_device", rf.Device)
 }
 
 // message builds the MQTT publish of a receipt (CONTRACT §4 downlink).
