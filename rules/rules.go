@@ -56,8 +56,15 @@ func (s *Set) ByName(name string) *Route { return s.byName[name] }
 // wait behind telemetry.
 const ConfirmRoute = "_receipts_confirm"
 
-// Priority is the drain priority of a route by name; a route that is no longer
-// configured (its backlog outlived a reload) drains after all others.
+// OrphanPriority is the drain priority of a route no longer configured:
+// before every configured one (configured priorities are 0 or more).
+const OrphanPriority = -1
+
+// Priority is the drain priority of a route by name. A route that is no
+// longer configured (its backlog outlived a reload, e.g. a renamed route)
+// drains before all others: its records are older than anything its clients
+// published since, under the new name, and must reach Kafka first to keep
+// each client's order.
 func (s *Set) Priority(name string) int {
 	if name == ConfirmRoute {
 		return 0
@@ -65,7 +72,7 @@ func (s *Set) Priority(name string) int {
 	if r := s.byName[name]; r != nil {
 		return r.Priority
 	}
-	return 1 << 30
+	return OrphanPriority
 }
 
 // Key renders the route's Kafka key for one publish.
