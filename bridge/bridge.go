@@ -83,6 +83,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer, if set, gets the drain's Prometheus metrics.
 	Registerer prometheus.Registerer
+	// PresenceInterval is how often the bridge claims its gateway id in
+	// OffsetsTopic to detect another box using the same id (default 15m;
+	// negative disables; see identity.go).
+	PresenceInterval time.Duration
 }
 
 // LinkStatus is the uplink as the drain sees it.
@@ -143,6 +147,9 @@ type Bridge struct {
 	dlq      dlqSender // kafka.dead_letter_topic copies
 	logs     logonce.Set
 
+	claims       atomic.Int64  // presence claims written (identity.go)
+	presenceDone chan struct{} // closed when presenceLoop returned
+
 	// wroteMarks: this process committed exactly-once marks of its epoch.
 	wroteMarks atomic.Bool
 	// dupID is the last evidence that another live box uses this gateway
@@ -191,6 +198,9 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 	if opts.Priority == nil {
 		opts.Priority = func(string) int { return 0 }
 	}
+	if opts.PresenceInterval == 0 {
+		opts.PresenceInterval = DefaultPresenceInterval
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -238,6 +248,10 @@ func (b *Bridge) Start() {
 		}
 		b.started.Store(true)
 		go b.run()
+		if b.opts.PresenceInterval > 0 {
+			b.presenceDone = make(chan struct{})
+			go b.presenceLoop()
+		}
 	})
 }
 
@@ -252,6 +266,16 @@ func (b *Bridge) Close() error {
 		b.startOnce.Do(func() {})
 		if !b.started.Load() {
 			return
+		}
+		if b.presenceDone != nil {
+			// A claim talks to Kafka with its own client: waited for
+			// briefly, never for a Kafka that does not answer.
+			defer func() {
+				select {
+				case <-b.presenceDone:
+				case <-time.After(2 * time.Second):
+				}
+			}()
 		}
 		timer := time.NewTimer(b.opts.CloseTimeout)
 		defer timer.Stop()

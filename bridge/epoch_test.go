@@ -216,3 +216,30 @@ func createOffsetsTopic(t testing.TB, addrs []string) {
 		t.Fatal(err)
 	}
 }
+
+// Two boxes flashed from one image run with the same gateway id (at-least-
+// once: no transactional fencing to notice it). Their presence claims expose
+// each other: both report a duplicated id.
+func TestDuplicateGatewayIDDetected(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(1, "payments"))
+	fast := func(o *Options) { o.PresenceInterval = 100 * time.Millisecond }
+	a := startBridge(t, openBuffer(t), k.Addrs, fast)
+	b := startBridge(t, openBuffer(t), k.Addrs, fast)
+	testkit.Eventually(t, 30*time.Second, func() bool { return a.DuplicateID() != "" && b.DuplicateID() != "" },
+		"duplicate id not detected: a %q, b %q", a.DuplicateID(), b.DuplicateID())
+}
+
+// One box whose buffer was replaced (a new epoch) is not a duplicate: the
+// earlier life's claim predates this process's first claim.
+func TestNewBufferLifeIsNotADuplicateID(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(1, "payments"))
+	fast := func(o *Options) { o.PresenceInterval = 100 * time.Millisecond }
+	old := startBridge(t, openBuffer(t), k.Addrs, fast)
+	testkit.Eventually(t, 30*time.Second, func() bool { return old.claimCount() >= 2 }, "no claims")
+	old.Close()
+	b := startBridge(t, openBuffer(t), k.Addrs, fast)
+	testkit.Eventually(t, 30*time.Second, func() bool { return b.claimCount() >= 4 }, "no claims")
+	if d := b.DuplicateID(); d != "" {
+		t.Fatalf("reported a duplicate id after a buffer replacement: %s", d)
+	}
+}

@@ -320,11 +320,13 @@ func controlType(key []byte) int16 {
 }
 
 // ensureOffsetsTopic creates OffsetsTopic, compacted, if it does not exist.
-func (s *session) ensureOffsetsTopic() error {
-	if _, err := s.cl.Partitions(OffsetsTopic); err == nil {
+func (s *session) ensureOffsetsTopic() error { return s.b.ensureOffsetsTopic(s.cl) }
+
+func (b *Bridge) ensureOffsetsTopic(cl sarama.Client) error {
+	if _, err := cl.Partitions(OffsetsTopic); err == nil {
 		return nil
 	}
-	admin, err := sarama.NewClusterAdmin(s.b.opts.Kafka.Brokers, s.adminConfig())
+	admin, err := sarama.NewClusterAdmin(b.opts.Kafka.Brokers, b.adminConfig())
 	if err != nil {
 		return err
 	}
@@ -340,16 +342,16 @@ func (s *session) ensureOffsetsTopic() error {
 	case err != nil:
 		return fmt.Errorf("creating %s: %w", OffsetsTopic, err)
 	default:
-		s.b.log.Info("created the exactly-once marks topic", "topic", OffsetsTopic)
+		b.log.Info("created the gateway's marks topic", "topic", OffsetsTopic)
 	}
-	return s.cl.RefreshMetadata(OffsetsTopic)
+	return cl.RefreshMetadata(OffsetsTopic)
 }
 
-// adminConfig is the session's config without the producer's transactional
+// adminConfig is the drain's config without the producer's transactional
 // id (an admin client must not register it); sarama's admin finds the
 // controller through a metadata request for all topics.
-func (s *session) adminConfig() *sarama.Config {
-	cfg := *s.b.base
+func (b *Bridge) adminConfig() *sarama.Config {
+	cfg := *b.base
 	cfg.Producer.Transaction.ID = ""
 	cfg.Producer.Idempotent = false
 	cfg.Metadata.Full = true
