@@ -464,3 +464,14 @@ func TestNewValidates(t *testing.T) {
 		t.Error("second bridge on the same registry accepted")
 	}
 }
+
+// last is the highest gw.seq appended.
+func (a *appender) last() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var m uint64
+	for s := range a.recs {
+		m = max(m, s)
+	}
+	return m
+}
