@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
@@ -231,4 +232,43 @@ routes:
 	if len(got) != 20 {
 		t.Fatalf("%d of 20 delivered", len(got))
 	}
+}
+
+// A route whose topic the gateway's principal may not write waits alone,
+// reason not_authorized; the authorized route beside it drains.
+func TestUnauthorizedTopicWaitsAlone(t *testing.T) {
+	lit := kmsg.ACLResourcePatternTypeLiteral
+	k := testkit.Kafka(t, testkit.Topics(1, "payments", "audit", "ledger"), testkit.With(kfake.EnableSASL(), kfake.EnableACLs(),
+		kfake.Superuser("PLAIN", "admin", "admin-pw"),
+		kfake.User("PLAIN", "gw", "gw-pw",
+			kfake.ACL{Resource: kmsg.ACLResourceTypeTopic, Name: "payments", Pattern: lit, Operation: kmsg.ACLOperationWrite, Allow: true},
+			kfake.ACL{Resource: kmsg.ACLResourceTypeTopic, Name: "payments", Pattern: lit, Operation: kmsg.ACLOperationDescribe, Allow: true},
+			kfake.ACL{Resource: kmsg.ACLResourceTypeCluster, Name: "kafka-cluster", Pattern: lit, Operation: kmsg.ACLOperationIdempotentWrite, Allow: true},
+			// ledger: visible, not writable (refused at produce time)
+			kfake.ACL{Resource: kmsg.ACLResourceTypeTopic, Name: "ledger", Pattern: lit, Operation: kmsg.ACLOperationDescribe, Allow: true},
+		)))
+	buf := openBuffer(t)
+	for i := range 5 {
+		appendRec(t, buf, "audit", "audit", "t1", []byte(fmt.Sprintf("audit-%d", i)))
+		appendRec(t, buf, "ledger", "ledger", "t1", []byte(fmt.Sprintf("ledger-%d", i)))
+	}
+	for i := range 20 {
+		appendRec(t, buf, "payments", "payments", "t1", []byte(fmt.Sprintf("pay-%d", i)))
+	}
+	b := startBridge(t, buf, k.Addrs, func(o *Options) {
+		o.Kafka.SASL = config.SASL{Mechanism: "PLAIN", Username: "gw", Password: "gw-pw"}
+		o.PresenceInterval = -1
+	})
+	testkit.Eventually(t, 30*time.Second, func() bool { return buf.Stats()["payments"].Messages == 0 },
+		"the authorized route did not drain beside the unauthorized one: %v, waiting %v, link %+v", buf.Stats(), b.Waiting(), b.Link())
+	for _, route := range []string{"audit", "ledger"} {
+		testkit.Eventually(t, 30*time.Second, func() bool { return b.Waiting()[route].Reason == WaitNotAuthorized },
+			"%s not waiting as not authorized: %+v", route, b.Waiting())
+		if n := buf.Stats()[route].Messages; n != 5 {
+			t.Fatalf("%s: %d of 5 records still buffered", route, n)
+		}
+	}
+	// Later payments keep flowing while both wait.
+	appendRec(t, buf, "payments", "payments", "t1", []byte("pay-late"))
+	testkit.Eventually(t, 30*time.Second, func() bool { return buf.Stats()["payments"].Messages == 0 }, "a later payment did not drain")
 }
