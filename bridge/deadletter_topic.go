@@ -93,10 +93,11 @@ func (b *Bridge) sendDeadLetters(d *dlqSender) {
 func (b *Bridge) closeDeadLetters() {
 	d := &b.dlq
 	d.mu.Lock()
+	already := d.closed
 	d.closed = true
 	ch, done := d.ch, d.done
 	d.mu.Unlock()
-	if ch != nil {
+	if ch != nil && !already {
 		close(ch)
 		<-done
 	}

@@ -184,7 +184,7 @@ func (s *session) drain() error {
 		rules := b.rules.Load()
 		ws := windowAt(rules.link, b.opts.Now())
 		b.checkWindow(ws)
-		after := b.skipWaiting(b.readCursors(cursors, ws, rules.priority), cursors)
+		after := b.skipWaiting(b.readCursors(cursors, ws, rules.priority))
 		size := b.sizer.size()
 		if careful {
 			size = 1
