@@ -276,13 +276,45 @@ func (s *session) screen(recs []buffer.Record) ([]buffer.Record, bool, error) {
 	return out, changed, nil
 }
 
+// topicCheckWait bounds how long the drain waits for Kafka to say whether a
+// topic exists: a Kafka that does not answer is the stall check's business
+// (the records are sent and the link is reported down if nothing comes back).
+const topicCheckWait = 3 * time.Second
+
 // checkTopic asks Kafka once per session whether a topic can be produced to;
-// it returns a wait reason when it cannot.
+// it returns a wait reason when it cannot. When Kafka is slow to answer it
+// returns "" (send): the producer's own errors make the route wait then.
 func (s *session) checkTopic(topic string) (string, error) {
 	if s.topicOK[topic] {
 		return "", nil
 	}
-	_, err := s.cl.Partitions(topic)
+	ch, running := s.topicCheck[topic]
+	if !running {
+		ch = make(chan error, 1)
+		s.topicCheck[topic] = ch
+		go func() { _, err := s.cl.Partitions(topic); ch <- err }()
+	}
+	var err error
+	if running {
+		select {
+		case err = <-ch:
+		default:
+			return "", nil // still asking: do not wait twice
+		}
+	} else {
+		t := time.NewTimer(topicCheckWait)
+		defer t.Stop()
+		select {
+		case err = <-ch:
+		case <-t.C:
+			return "", nil
+		case <-s.f.fenced:
+			return "", nil
+		case <-s.b.quit:
+			return "", nil
+		}
+	}
+	delete(s.topicCheck, topic)
 	if err == nil {
 		s.topicOK[topic] = true
 		return "", nil

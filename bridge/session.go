@@ -51,6 +51,8 @@ type session struct {
 	setAside atomic.Int64
 	// topicOK: topics Kafka confirmed in this session (screen).
 	topicOK map[string]bool
+	// topicCheck: topic checks still waiting for Kafka's answer (screen).
+	topicCheck map[string]chan error
 	// careful: suspect routes and their highest suspect seq; while non-empty
 	// the session sends one record at a time (poison.go). Guarded by mu.
 	careful map[string]uint64
@@ -101,6 +103,7 @@ func (b *Bridge) connect() (*session, error) {
 		completed:   make(chan *batch, b.opts.MaxInflightBatches+1),
 		space:       make(chan struct{}, 1),
 		topicOK:     map[string]bool{},
+		topicCheck:  map[string]chan error{},
 		careful:     b.suspectRoutes(),
 		lastContact: time.Now(),
 	}
