@@ -370,6 +370,11 @@ func (b *Bridge) run() {
 			}
 			continue
 		}
+		if errors.Is(err, sarama.ErrProducerFenced) {
+			// Only a newer registration of the same transactional id fences
+			// a live producer: another process runs with this gateway id.
+			b.duplicateID("Kafka fenced this gateway's transactional producer: another process registered the same transactional.id")
+		}
 		b.m.errors.WithLabelValues("produce").Inc()
 		b.sizer.shrink()
 		b.setDown(err)

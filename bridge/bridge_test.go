@@ -122,7 +122,12 @@ func (a *appender) keepAppending(t testing.TB) (stop func()) {
 			time.Sleep(5 * time.Millisecond) // pacing of the load, not synchronisation
 		}
 	}()
-	return func() { close(quit); wg.Wait() }
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); wg.Wait() }) }
+	// A test that fails early still stops its appender before it ends (a
+	// goroutine reporting after the test returned panics the binary).
+	t.Cleanup(stop)
+	return stop
 }
 
 func (a *appender) count() int {

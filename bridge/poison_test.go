@@ -272,3 +272,23 @@ func TestUnauthorizedTopicWaitsAlone(t *testing.T) {
 	appendRec(t, buf, "payments", "payments", "t1", []byte("pay-late"))
 	testkit.Eventually(t, 30*time.Second, func() bool { return buf.Stats()["payments"].Messages == 0 }, "a later payment did not drain")
 }
+
+// With kafka.dead_letter_topic set, a record set aside is also copied there
+// (a too-large one with an empty value), with the reason and origin in headers.
+func TestDeadLetterTopicCopy(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(1, "payments", "dead-letters"))
+	buf := openBuffer(t)
+	appendRec(t, buf, "payments", "payments", "t1", bytes.Repeat([]byte("z"), 1_200_000))
+	appendRec(t, buf, "payments", "payments", "t1", []byte("small"))
+	startBridge(t, buf, k.Addrs, func(o *Options) { o.Kafka.DeadLetterTopic = "dead-letters" })
+	waitDrained(t, buf, 30*time.Second)
+	recs := testkit.Consume(t, k.Addrs, []string{"dead-letters"}).WaitN(t, 1, 30*time.Second)
+	h := headerMap(recs[0])
+	if h["gw.dead_letter.reason"] != ReasonTooLarge || h["gw.dead_letter.topic"] != "payments" || h["gw.dead_letter.size"] != "1200000" ||
+		len(recs[0].Value) != 0 || h["gw.epoch"] != buf.Epoch() {
+		t.Fatalf("dead-letter copy: headers %v, value %d bytes", h, len(recs[0].Value))
+	}
+	if dl, _ := buf.DeadLetters(0); len(dl) != 1 {
+		t.Fatalf("%d dead letters stored", len(dl))
+	}
+}
