@@ -11,11 +11,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/edgegw/gateway/admin"
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/boltfile"
 )
 
 const deadLetterUsage = `usage:
@@ -83,7 +85,13 @@ func cmdDeadLetter(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "gateway deadletter: no buffer file: %v\n", err)
 			return exitFailure
 		}
-		buf, err := buffer.Open(buffer.Options{Path: path})
+		// Check first: opening a corrupt file as a buffer would move it
+		// aside, which a listing command must not do.
+		err := boltfile.Verify(path, &bolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+		var buf *buffer.Buffer
+		if err == nil {
+			buf, err = buffer.Open(buffer.Options{Path: path})
+		}
 		switch {
 		case errors.Is(err, berrors.ErrTimeout):
 			viaAdmin = true // a running gateway holds the file
