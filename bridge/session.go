@@ -483,11 +483,14 @@ func (s *session) deleter() {
 		}
 		s.setAsidePoison(bt)
 		if len(refs) > 0 {
+			careful := s.isCareful()
 			for i := range refs {
 				if i == 0 || refs[i].Route != refs[i-1].Route {
 					s.b.routeDelivered(refs[i].Route)
 				}
-				s.decided(refs[i].Route, refs[i].Seq)
+				if careful {
+					s.decided(refs[i].Route, refs[i].Seq)
+				}
 			}
 			if err := s.b.deleteAcked(refs); err != nil {
 				// They stay and are sent again after the restart this forces.
