@@ -72,6 +72,20 @@ type Sources struct {
 	// Config is the running configuration as key path -> value with
 	// secrets redacted, served on GET /config; nil: 404.
 	Config func() map[string]string
+
+	// DeadLetterCounts maps route -> reason -> records in the dead-letter
+	// store; nil: not reported.
+	DeadLetterCounts func() map[string]map[string]uint64
+	// DeadLetters serves /deadletters (list, resend, drop); nil: 404.
+	DeadLetters DeadLetterStore
+	// Waiting lists the routes waiting on a missing or unauthorized topic.
+	Waiting func() map[string]RouteWait
+	// QuarantinedFiles maps a state file (sessions.db, receipts.db) that
+	// could not be opened at start to where it was moved.
+	QuarantinedFiles func() map[string]string
+	// Problems are conditions an operator must fix (e.g. another box uses
+	// this gateway's id; the buffer is unusable).
+	Problems func() []string
 }
 
 // RouteInfo is one configured route, as far as the admin endpoint shows it.
@@ -168,6 +182,7 @@ func New(addr string, src Sources, logger *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /status", s.status)
 	mux.HandleFunc("GET /config", s.config)
 	s.bufferHandlers(mux)
+	s.deadLetterRoutes(mux)
 	// Profiles for diagnosing a box in the field; the admin endpoint listens
 	// on loopback by default.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

@@ -115,6 +115,7 @@ func PrintStatus(w io.Writer, st *Status) {
 	}
 
 	fmt.Fprintln(w, receiptsLine(st.Receipts))
+	edgeLines(w, st)
 }
 
 func linkLine(l *LinkReport, now time.Time) string {

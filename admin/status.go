@@ -32,6 +32,14 @@ type Status struct {
 	Disk      DiskReport    `json:"disk"`
 	// Receipts is null while the receipts downlink does not report.
 	Receipts *ReceiptsReport `json:"receipts"`
+	// DeadLettersTotal counts the records in the dead-letter store; per
+	// route and reason in Routes[].DeadLetters.
+	DeadLettersTotal uint64 `json:"dead_letters_total"`
+	// QuarantinedFiles: state files (sessions.db, receipts.db) that could
+	// not be opened at start, and where they were moved.
+	QuarantinedFiles map[string]string `json:"quarantined_files,omitempty"`
+	// Problems an operator must fix.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // RouteReport is one route's backlog, drops and drain estimate. Configured
@@ -59,6 +67,11 @@ type RouteReport struct {
 	// that drain before it. 0 when the route is empty; null when unknown
 	// (backlog but nothing drained recently).
 	EstimatedDrainSeconds *float64 `json:"estimated_drain_seconds"`
+	// DeadLetters counts this route's records in the dead-letter store by
+	// reason (too_large, invalid_record, ...).
+	DeadLetters map[string]uint64 `json:"dead_letters,omitempty"`
+	// Waiting is set while the route waits on its Kafka topic.
+	Waiting *WaitReport `json:"waiting,omitempty"`
 
 	// otherDrops are counts under reasons outside the contract's three;
 	// exported as metrics only.
@@ -192,6 +205,7 @@ func buildStatus(src *Sources, now time.Time) *Status {
 			st.Receipts.DroppedTotal += n
 		}
 	}
+	edgeReports(src, st, now)
 	return st
 }
 
@@ -276,8 +290,8 @@ func routeReports(src *Sources, now time.Time, rate float64) []RouteReport {
 // priority (then FIFO, so routes of equal priority drain interleaved): a
 // route is through once its own backlog and that of every route with the
 // same or a more urgent priority has gone. Routes no longer configured drain
-// first (see rules.OrphanPriority). The estimate counts messages, since
-// RecentRate is in records per second.
+// first (their records are older than their clients' newer ones). The estimate counts messages, since RecentRate is
+// in records per second.
 func estimateDrain(routes []RouteReport, rate float64) {
 	for i := range routes {
 		r := &routes[i]
@@ -305,7 +319,7 @@ func estimateDrain(routes []RouteReport, rate float64) {
 // together with, b's.
 func drainsNoLaterThan(a, b *RouteReport) bool {
 	if a.Priority == nil {
-		return true // unconfigured routes drain first
+		return true // a is no longer configured: it drains first
 	}
 	if b.Priority == nil {
 		return false

@@ -52,12 +52,12 @@ func TestEstimatedDrainWithPriorities(t *testing.T) {
 		t.Errorf("route order = %v, want config order then unconfigured: %s", order, want)
 	}
 	want := map[string]string{
-		"old":       "5",   // unconfigured drains first: its own 50 / 10
-		"payments":  "15",  // (50 + 100) / 10
+		"payments":  "15",  // (50 + 100) / 10: the orphan first
 		"alarms":    "0",   // empty: nothing to wait for, whatever is ahead
 		"telemetry": "55",  // (50 + 100 + 300 + 100) / 10: equal priorities drain together
 		"events":    "55",  // same group as telemetry
 		"bulk":      "155", // (50 + 100 + 300 + 100 + 1000) / 10
+		"old":       "5",   // no longer configured: drains first, its own 50
 	}
 	for name, w := range want {
 		if got[name] != w {

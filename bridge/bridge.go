@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/logonce"
 )
 
 // Link states reported by LinkStatus.State.
@@ -83,6 +83,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer, if set, gets the drain's Prometheus metrics.
 	Registerer prometheus.Registerer
+	// PresenceInterval is how often the bridge claims its gateway id in
+	// OffsetsTopic to detect another box using the same id (default 15m;
+	// negative disables; see identity.go).
+	PresenceInterval time.Duration
 }
 
 // LinkStatus is the uplink as the drain sees it.
@@ -134,6 +138,23 @@ type Bridge struct {
 	// is set no late acknowledgement touches the buffer.
 	delMu     sync.Mutex
 	abandoned bool
+
+	// waits, suspects: routes waiting on their topic, and routes with
+	// records a broker refused within a batch (poison.go); guarded by waitMu.
+	waitMu   sync.Mutex
+	waits    map[string]*RouteWait
+	suspects map[string]uint64
+	dlq      dlqSender // kafka.dead_letter_topic copies
+	logs     logonce.Set
+
+	claims       atomic.Int64  // presence claims written (identity.go)
+	presenceDone chan struct{} // closed when presenceLoop returned
+
+	// wroteMarks: this process committed exactly-once marks of its epoch.
+	wroteMarks atomic.Bool
+	// dupID is the last evidence that another live box uses this gateway
+	// id ("" if none); see DuplicateID.
+	dupID atomic.Pointer[string]
 }
 
 // New validates opts and prepares a bridge; it does no network I/O.
@@ -177,6 +198,9 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 	if opts.Priority == nil {
 		opts.Priority = func(string) int { return 0 }
 	}
+	if opts.PresenceInterval == 0 {
+		opts.PresenceInterval = DefaultPresenceInterval
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -203,6 +227,9 @@ func New(buf *buffer.Buffer, opts Options) (*Bridge, error) {
 		lim:   rate.NewLimiter(rate.Inf, 1),
 		sizer: newBatchSizer(opts.MinBatchRecords, opts.MaxBatchRecords),
 		link:  LinkStatus{State: StateConnecting},
+
+		waits:    map[string]*RouteWait{},
+		suspects: map[string]uint64{},
 	}
 	b.rules.Store(&linkRules{link: cloneLink(opts.Link), priority: opts.Priority})
 	b.setLimit(opts.Link.MaxBytesPerSecond)
@@ -221,6 +248,10 @@ func (b *Bridge) Start() {
 		}
 		b.started.Store(true)
 		go b.run()
+		if b.opts.PresenceInterval > 0 {
+			b.presenceDone = make(chan struct{})
+			go b.presenceLoop()
+		}
 	})
 }
 
@@ -235,6 +266,16 @@ func (b *Bridge) Close() error {
 		b.startOnce.Do(func() {})
 		if !b.started.Load() {
 			return
+		}
+		if b.presenceDone != nil {
+			// A claim talks to Kafka with its own client: waited for
+			// briefly, never for a Kafka that does not answer.
+			defer func() {
+				select {
+				case <-b.presenceDone:
+				case <-time.After(2 * time.Second):
+				}
+			}()
 		}
 		timer := time.NewTimer(b.opts.CloseTimeout)
 		defer timer.Stop()
@@ -259,6 +300,7 @@ func (b *Bridge) Close() error {
 		b.abandoned = true
 		b.delMu.Unlock()
 	})
+	b.closeDeadLetters()
 	return nil
 }
 
@@ -310,7 +352,7 @@ func (b *Bridge) run() {
 		b.setUp()
 		err = s.drain()
 		s.shutdown()
-		if s.acked.Load() > 0 {
+		if s.acked.Load() > 0 || s.setAside.Load() > 0 {
 			failures = 0
 		}
 		if b.stopping() {
@@ -318,6 +360,20 @@ func (b *Bridge) run() {
 		}
 		if err == nil {
 			continue
+		}
+		if s.setAside.Load() > 0 {
+			// The session ended on a record Kafka refuses or a topic it
+			// lacks: Kafka answered, the link is up, the rest goes on.
+			b.log.Debug("drain session restarts after setting records aside or a route waiting", "error", err)
+			if !b.sleep(reconnectMin / 5) {
+				return
+			}
+			continue
+		}
+		if errors.Is(err, sarama.ErrProducerFenced) {
+			// Only a newer registration of the same transactional id fences
+			// a live producer: another process runs with this gateway id.
+			b.duplicateID("Kafka fenced this gateway's transactional producer: another process registered the same transactional.id")
 		}
 		b.m.errors.WithLabelValues("produce").Inc()
 		b.sizer.shrink()
@@ -405,12 +461,13 @@ func (b *Bridge) deleteAcked(refs []buffer.Ref) error {
 
 // message builds the Kafka record of CONTRACT §4.
 func (b *Bridge) message(rec *buffer.Record) *sarama.ProducerMessage {
-	hs := make([]sarama.RecordHeader, 0, 4+len(rec.Headers))
+	hs := make([]sarama.RecordHeader, 0, 5+len(rec.Headers))
 	hs = append(hs,
 		sarama.RecordHeader{Key: []byte("mqtt.topic"), Value: []byte(rec.MQTTTopic)},
 		sarama.RecordHeader{Key: []byte("mqtt.client_id"), Value: []byte(rec.ClientID)},
 		sarama.RecordHeader{Key: []byte("gw.id"), Value: []byte(b.opts.GatewayID)},
-		sarama.RecordHeader{Key: []byte("gw.seq"), Value: strconv.AppendUint(nil, rec.Seq, 10)},
+		sarama.RecordHeader{Key: []byte("gw.seq"), Value: formatSeq(rec.Seq)},
+		sarama.RecordHeader{Key: []byte("gw.epoch"), Value: []byte(b.buf.Epoch())},
 	)
 	for _, h := range rec.Headers {
 		hs = append(hs, sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
@@ -430,6 +487,25 @@ func (b *Bridge) message(rec *buffer.Record) *sarama.ProducerMessage {
 		Headers:   hs,
 		Timestamp: rec.Received,
 	}
+}
+
+// duplicateID reports evidence that another live process uses this
+// gateway's id: logged, counted and kept for /status.
+func (b *Bridge) duplicateID(evidence string) {
+	b.m.duplicateID.Inc()
+	if old := b.dupID.Swap(&evidence); old == nil || *old != evidence {
+		b.log.Error("another gateway is running with the same id: give every box its own id (records of the two would share gw.id)",
+			"id", b.opts.GatewayID, "evidence", evidence)
+	}
+}
+
+// DuplicateID returns the last evidence that another live process uses this
+// gateway's id, or "" if there is none.
+func (b *Bridge) DuplicateID() string {
+	if p := b.dupID.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // rateWindow counts events per second over the last ten seconds.

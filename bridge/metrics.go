@@ -20,6 +20,11 @@ type metrics struct {
 	bytes      prometheus.Counter
 	capBytes   prometheus.Gauge
 	windowOpen prometheus.Gauge
+
+	markRead    prometheus.Histogram
+	duplicateID prometheus.Counter
+	deadLetters *prometheus.CounterVec
+	waiting     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -60,13 +65,31 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "gateway_bridge_drain_window_open",
 			Help: "1 while every route may drain; 0 outside link.windows, when only urgent routes drain.",
 		}),
+		markRead: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gateway_bridge_marks_read_seconds",
+			Help:    "Time to read the exactly-once marks at a (re)connect.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}),
+		duplicateID: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_duplicate_id_detected_total",
+			Help: "Times evidence was seen that another live gateway uses this gateway's id.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_dead_letters_total",
+			Help: "Records Kafka refuses for good, moved to the dead-letter store, by route and reason.",
+		}, []string{"route", "reason"}),
+		waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gateway_route_waiting",
+			Help: "1 while a route waits on its Kafka topic (missing or not authorized), by route and reason.",
+		}, []string{"route", "reason"}),
 	}
 	m.errors.WithLabelValues("connect")
 	m.errors.WithLabelValues("produce")
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sent, m.batches, m.errors, m.up, m.lastAck, m.inflight, m.bytes, m.capBytes, m.windowOpen} {
+	for _, c := range []prometheus.Collector{m.sent, m.batches, m.errors, m.up, m.lastAck, m.inflight, m.bytes, m.capBytes, m.windowOpen,
+		m.markRead, m.duplicateID, m.deadLetters, m.waiting} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

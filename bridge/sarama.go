@@ -52,6 +52,9 @@ func NewSaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	p.Transaction.Retry.Max = metadataRetries
 	p.Transaction.Retry.Backoff = metadataBackoff
 	p.MaxMessageBytes = maxMessageBytes
+	if k.MaxMessageBytes > 0 {
+		p.MaxMessageBytes = int(k.MaxMessageBytes)
+	}
 	p.Flush.Bytes = flushBytes
 	p.Flush.Frequency = flushFrequency
 	p.Flush.MaxMessages = flushMaxMessages

@@ -3,6 +3,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -40,11 +41,27 @@ type session struct {
 	lastAckAt   time.Time  // last acknowledgement, or when outstanding became non-zero
 	stalled     bool
 
-	acked     atomic.Uint64
-	completed chan *batch   // full batches go to the deleter
-	space     chan struct{} // a batch was deleted: room for another
-	readers   sync.WaitGroup
-	deleterWG sync.WaitGroup
+	// marks: exactly-once, every route's highest committed gw.seq in this
+	// buffer's epoch; each transaction writes all of them (exactlyonce.go).
+	marks map[string]uint64
+
+	acked atomic.Uint64
+	// setAside counts records set aside and routes made to wait in this
+	// session: a session that ends on those did not end on the link.
+	setAside atomic.Int64
+	// topicOK: topics Kafka confirmed in this session (screen).
+	topicOK map[string]bool
+	// topicCheck: topic checks still waiting for Kafka's answer (screen).
+	topicCheck map[string]chan error
+	// careful: suspect routes and their highest suspect seq; while non-empty
+	// the session sends one record at a time (poison.go). Guarded by mu.
+	careful map[string]uint64
+	// lastContact is the last answer from Kafka (guarded by mu).
+	lastContact time.Time
+	completed   chan *batch   // full batches go to the deleter
+	space       chan struct{} // a batch was deleted: room for another
+	readers     sync.WaitGroup
+	deleterWG   sync.WaitGroup
 }
 
 // batch is one Read from the buffer, deleted when all its results are in.
@@ -57,6 +74,11 @@ type batch struct {
 	// aborted: exactly-once, the batch's transaction did not commit, so
 	// nothing of it is deleted whatever Kafka acknowledged.
 	aborted bool
+	// errs holds each failed record's error (nil until one fails).
+	errs map[int]error
+	// alone: sent while nothing else was in flight (careful mode), so a
+	// refusal names exactly this record.
+	alone bool
 }
 
 // messageBytes is what the bandwidth cap counts for a record: key, value
@@ -77,9 +99,13 @@ type msgRef struct {
 
 func (b *Bridge) connect() (*session, error) {
 	s := &session{
-		b:         b,
-		completed: make(chan *batch, b.opts.MaxInflightBatches+1),
-		space:     make(chan struct{}, 1),
+		b:           b,
+		completed:   make(chan *batch, b.opts.MaxInflightBatches+1),
+		space:       make(chan struct{}, 1),
+		topicOK:     map[string]bool{},
+		topicCheck:  map[string]chan error{},
+		careful:     b.suspectRoutes(),
+		lastContact: time.Now(),
 	}
 	s.f = newFence(s)
 	b.setSession(s)
@@ -145,7 +171,8 @@ func (s *session) drain() error {
 			return s.f.error()
 		default:
 		}
-		if s.inflightBatches() >= b.opts.MaxInflightBatches {
+		careful := s.isCareful()
+		if s.inflightBatches() >= b.opts.MaxInflightBatches || (careful && s.inflightBatches() > 0) {
 			select {
 			case <-b.quit:
 				return nil
@@ -160,13 +187,31 @@ func (s *session) drain() error {
 		rules := b.rules.Load()
 		ws := windowAt(rules.link, b.opts.Now())
 		b.checkWindow(ws)
-		after := b.readCursors(cursors, ws, rules.priority)
-		recs, err := b.buf.Read(after, rules.priority, b.sizer.size(), b.batchBytes(rules.link))
+		after := b.skipWaiting(b.readCursors(cursors, ws, rules.priority))
+		size := b.sizer.size()
+		if careful {
+			size = 1
+		}
+		recs, err := b.buf.Read(after, rules.priority, size, b.batchBytes(rules.link))
 		if err != nil {
 			s.f.kill(err)
 			return fmt.Errorf("bridge: %w", err)
 		}
+		if careful {
+			s.settleCareful(recs)
+		}
+		recs, changed, err := s.screen(recs)
+		if err != nil {
+			s.f.kill(err)
+			return fmt.Errorf("bridge: %w", err)
+		}
+		if changed {
+			s.setAside.Add(1)
+		}
 		if len(recs) == 0 {
+			if changed {
+				continue // something was set aside or made to wait: read again
+			}
 			select {
 			case <-b.quit:
 				return nil
@@ -177,10 +222,14 @@ func (s *session) drain() error {
 			case <-s.space:
 			case <-tick.C:
 				s.checkStall()
+				if err := s.probe(); err != nil {
+					s.f.kill(err)
+					return err
+				}
 			}
 			continue
 		}
-		bt := &batch{recs: recs, acked: make([]bool, len(recs)), pending: len(recs) + 1}
+		bt := &batch{recs: recs, acked: make([]bool, len(recs)), pending: len(recs) + 1, alone: careful}
 		s.mu.Lock()
 		if s.outstanding == 0 {
 			s.lastAckAt = time.Now()
@@ -243,29 +292,37 @@ func (s *session) commitTxn(bt *batch, sent int) error {
 		s.abort(bt, len(bt.recs)-sent)
 		return err
 	}
-	marks := map[string]uint64{} // route -> its highest seq in the batch (FIFO: its last)
-	for i := range bt.recs {
-		marks[bt.recs[i].Route] = bt.recs[i].Seq
+	// Every route's mark of this epoch, with the batch's routes moved to
+	// their highest seq in it (FIFO: their last).
+	marks := maps.Clone(s.marks)
+	if marks == nil {
+		marks = map[string]uint64{}
 	}
-	for route, seq := range marks {
-		select {
-		case s.prod.Input() <- b.markMessage(route, seq):
-		case <-b.quit:
-			_ = s.prod.AbortTxn()
-			s.abort(bt, 0)
-			return nil
-		case <-s.f.fenced:
-			s.abort(bt, 0)
-			return s.f.error()
-		}
+	for i := range bt.recs {
+		marks[bt.recs[i].Route] = max(marks[bt.recs[i].Route], bt.recs[i].Seq)
+	}
+	select {
+	case s.prod.Input() <- b.markMessage(marks):
+	case <-b.quit:
+		_ = s.prod.AbortTxn()
+		s.abort(bt, 0)
+		return nil
+	case <-s.f.fenced:
+		s.abort(bt, 0)
+		return s.f.error()
 	}
 	if err := s.commitWatched(); err != nil {
 		err = fmt.Errorf("bridge: commit transaction: %w", err)
+		if errors.Is(err, sarama.ErrProducerFenced) {
+			b.duplicateID("Kafka fenced this gateway's transactional producer: another process registered the same transactional.id")
+		}
 		_ = s.prod.AbortTxn()
 		s.f.kill(err)
 		s.abort(bt, 0)
 		return err
 	}
+	s.marks = marks
+	b.wroteMarks.Store(true)
 	s.submitted(bt, 0)
 	return nil
 }
@@ -331,9 +388,14 @@ func (s *session) result(msg *sarama.ProducerMessage, err error) {
 	if err == nil {
 		ref.b.acked[ref.idx] = true
 		s.lastAckAt = now
+		s.lastContact = now
 		s.stalled = false
 	} else {
 		ref.b.failed++
+		if ref.b.errs == nil {
+			ref.b.errs = map[int]error{}
+		}
+		ref.b.errs[ref.idx] = err
 	}
 	ref.b.pending--
 	s.outstanding--
@@ -342,6 +404,10 @@ func (s *session) result(msg *sarama.ProducerMessage, err error) {
 	s.b.m.inflight.Dec()
 	if err == nil {
 		s.acked.Add(1)
+	} else if reason := waitReason(err); reason != "" {
+		rec := &ref.b.recs[ref.idx]
+		s.b.setWaiting(rec.Route, rec.KafkaTopic, reason, err)
+		s.setAside.Add(1)
 	}
 	if done {
 		s.completed <- ref.b
@@ -415,7 +481,17 @@ func (s *session) deleter() {
 				refs = append(refs, buffer.Ref{Route: bt.recs[i].Route, Seq: bt.recs[i].Seq})
 			}
 		}
+		s.setAsidePoison(bt)
 		if len(refs) > 0 {
+			careful := s.isCareful()
+			for i := range refs {
+				if i == 0 || refs[i].Route != refs[i-1].Route {
+					s.b.routeDelivered(refs[i].Route)
+				}
+				if careful {
+					s.decided(refs[i].Route, refs[i].Seq)
+				}
+			}
 			if err := s.b.deleteAcked(refs); err != nil {
 				// They stay and are sent again after the restart this forces.
 				if !errors.Is(err, errClosing) {

@@ -21,8 +21,10 @@ import (
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/boltfile"
 	"github.com/edgegw/gateway/internal/logonce"
 	"github.com/edgegw/gateway/rules"
+	bbolt "go.etcd.io/bbolt"
 )
 
 // Options configure New.
@@ -60,6 +62,8 @@ type Broker struct {
 	refused  *prometheus.CounterVec
 	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
 	logs     logonce.Set
+
+	quarantined string // where a corrupt sessions.db was moved at start, or ""
 }
 
 // New builds the broker and its listeners; it does not accept connections
@@ -97,7 +101,7 @@ func New(opts Options) (*Broker, error) {
 	acl := cfg.ACL
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
-	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}}
+	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}, recent: map[string]*recentIDs{}}
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_ingest_messages_total",
@@ -124,6 +128,17 @@ func New(opts Options) (*Broker, error) {
 	if !opts.NoSessionStore {
 		store := newSessionStore(filepath.Join(cfg.DataDir, "sessions.db"), b.ingest, b.downlink, b.log)
 		b.store = store
+		path := filepath.Join(cfg.DataDir, "sessions.db")
+		// A corrupt sessions file must not stop the gateway or crash it
+		// later: moved aside, the gateway starts with no stored sessions.
+		moved, cause := boltfile.VerifyOrQuarantine(path, &bbolt.Options{Timeout: 2e9, ReadOnly: true}, time.Now())
+		if moved != "" {
+			b.quarantined = moved
+			lg.Error("broker: sessions.db could not be read; moved it aside and started with no stored sessions",
+				"error", cause, "kept_as", moved)
+		} else if cause != nil {
+			return nil, fmt.Errorf("broker: session store: %w", cause)
+		}
 		if err := b.server.AddHook(store, nil); err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
@@ -140,6 +155,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	return b, nil
 }
+
+// Quarantined returns where a corrupt sessions.db was moved at start, or "".
+func (b *Broker) Quarantined() string { return b.quarantined }
 
 func (b *Broker) addListeners(cfg *config.Config) error {
 	maxPacket := uint32(cfg.MQTT.MaxPacketSize)

@@ -73,6 +73,35 @@ type downlinkHook struct {
 
 	mu       sync.Mutex
 	inflight map[string]downlinkInflight // client id -> its message awaiting ack
+	// recent: per client, the packet ids of its own recent QoS>0 publishes.
+	// MQTT gives each direction its own id space, but mochi keeps one
+	// in-flight map per client for both: a downlink id equal to one the
+	// client publishes with is deleted from it by mochi (and its PUBACK then
+	// ignored). Downlink ids are taken from the top of the range, skipping
+	// these; a collision that happens anyway re-sends the message under a
+	// new id (see OnPacketRead).
+	recent map[string]*recentIDs
+}
+
+// recentIDs remembers the last len(ring) packet ids a client published with.
+type recentIDs struct {
+	ring [64]uint16
+	n    int
+	set  map[uint16]int // id -> occurrences in ring
+	next uint16         // next downlink id to try (counts down)
+}
+
+func (r *recentIDs) add(id uint16) {
+	i := r.n % len(r.ring)
+	if r.n >= len(r.ring) {
+		old := r.ring[i]
+		if r.set[old]--; r.set[old] <= 0 {
+			delete(r.set, old)
+		}
+	}
+	r.ring[i] = id
+	r.set[id]++
+	r.n++
 }
 
 type eventsBox struct{ ev DownlinkEvents }
@@ -87,7 +116,8 @@ func (h *downlinkHook) ID() string { return "gateway-downlink" }
 
 func (h *downlinkHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnQosComplete, mqtt.OnQosDropped:
+	case mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.OnPacketRead, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -98,6 +128,75 @@ func (h *downlinkHook) ev() DownlinkEvents {
 		return b.ev
 	}
 	return nil
+}
+
+// OnPacketRead notes the ids of the client's own publishes, and handles a
+// publish whose id equals the downlink message's in flight: mochi is about
+// to drop that message from its in-flight map (so it would never match its
+// PUBACK nor be resent), so the message is released here and offered again,
+// under a new id. The terminal may then get it twice (QoS 1 allows it); it
+// never stalls.
+func (h *downlinkHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 || cl.Net.Inline {
+		return pk, nil
+	}
+	h.mu.Lock()
+	r := h.recent[cl.ID]
+	if r == nil {
+		r = &recentIDs{set: map[uint16]int{}, next: 65535}
+		h.recent[cl.ID] = r
+	}
+	r.add(pk.PacketID)
+	f, collides := h.inflight[cl.ID]
+	collides = collides && f.packetID == pk.PacketID
+	if collides {
+		delete(h.inflight, cl.ID)
+		if old, held := cl.State.Inflight.Get(pk.PacketID); held && old.Origin == downlinkOrigin {
+			if cl.State.Inflight.Delete(pk.PacketID) {
+				atomic.AddInt64(&h.b.server.Info.Inflight, -1)
+			}
+		}
+	}
+	h.mu.Unlock()
+	if collides {
+		h.b.log.Debug("downlink packet id collided with the client's own publish; sending again under a new id",
+			"client", cl.ID, "packet_id", pk.PacketID)
+		if ev := h.ev(); ev != nil {
+			ev.DownlinkReady(cl.ID)
+		}
+	}
+	return pk, nil
+}
+
+// OnDisconnect forgets the client's recent ids.
+func (h *downlinkHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	if !cl.IsTakenOver() {
+		delete(h.recent, cl.ID)
+	}
+	h.mu.Unlock()
+}
+
+// nextID picks a downlink packet id: from the top of the range down (clients
+// number their own publishes from 1 up), free in mochi's in-flight map and
+// not among the client's recent publish ids. h.mu held.
+func (h *downlinkHook) nextID(cl *mqtt.Client) (uint16, bool) {
+	r := h.recent[cl.ID]
+	if r == nil {
+		r = &recentIDs{set: map[uint16]int{}, next: 65535}
+		h.recent[cl.ID] = r
+	}
+	for range 65535 {
+		id := r.next
+		if r.next--; r.next == 0 {
+			r.next = 65535
+		}
+		if _, used := cl.State.Inflight.Get(id); used || r.set[id] > 0 {
+			continue
+		}
+		return id, true
+	}
+	return 0, false
 }
 
 func (h *downlinkHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
@@ -264,12 +363,12 @@ func (b *Broker) SendDownlink(clientID string, token uint64, m DownlinkMessage) 
 		h.mu.Unlock()
 		return false, ErrDownlinkBusy
 	}
-	id, err := cl.NextPacketID()
-	if err != nil {
+	id, ok := h.nextID(cl)
+	if !ok {
 		h.mu.Unlock()
 		return false, ErrDownlinkBusy
 	}
-	pk.PacketID = uint16(id)
+	pk.PacketID = id
 	if cl.State.Inflight.Set(pk) {
 		atomic.AddInt64(&b.server.Info.Inflight, 1)
 	}

@@ -181,6 +181,8 @@ type Buffer struct {
 
 	epoch string // gw.epoch: names this buffer file's life; see Epoch
 
+	health // Err and Failed: the buffer became unusable (health.go)
+
 	mu      sync.Mutex // guards the fields below
 	nextSeq uint64
 	idx     *index

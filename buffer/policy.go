@@ -34,6 +34,9 @@ type Policy struct {
 	MaxAge   time.Duration // 0 = no limit
 	MaxBytes int64         // 0 = only the global budget applies
 	OnFull   string        // "reject" (never evicted) or "drop_oldest"
+	// UseReserve lets the route use Limits.Reserve beyond the global budget
+	// (receipt confirmations and other system records).
+	UseReserve bool
 }
 
 // Limits are all routes' rules plus the global budget. A route the Routes
@@ -42,6 +45,10 @@ type Policy struct {
 type Limits struct {
 	MaxDiskBytes int64 // 0 = no global budget
 	Routes       func(route string) (Policy, bool)
+	// Reserve is room in bytes beyond MaxDiskBytes that only routes with
+	// Policy.UseReserve may take, so system records are not refused when
+	// terminals have filled the budget. 0 = none.
+	Reserve int64
 }
 
 func (l *Limits) policy(route string) Policy {
@@ -196,8 +203,12 @@ func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, 
 			return err
 		}
 	}
-	if l.MaxDiskBytes > 0 && c.total()+size > l.MaxDiskBytes {
-		need := c.total() + size - l.MaxDiskBytes
+	limit := l.MaxDiskBytes
+	if p.UseReserve && limit > 0 {
+		limit += l.Reserve
+	}
+	if limit > 0 && c.total()+size > limit {
+		need := c.total() + size - limit
 		// take from drop_oldest routes, lowest priority (largest number) first
 		var victims []string
 		for name, bytes := range c.bytes {
@@ -353,7 +364,7 @@ func (b *Buffer) janitor() {
 			if err := b.purge(true); err != nil {
 				b.log.Error("buffer: purging delivered blocks failed; will retry", "error", err)
 			}
-			if _, err := b.Compact(); err != nil {
+			if _, err := b.Compact(); err != nil && b.Err() == nil {
 				b.log.Error("buffer: compaction failed; the old file stays in use", "error", err)
 			}
 		}
@@ -414,21 +425,33 @@ func (b *Buffer) Compact() (CompactStats, error) {
 	b.pagesBefore.Add(uint64(old.TxStats.GetWrite()))
 	if err := b.db.Close(); err != nil {
 		os.Remove(tmp)
-		return st, fmt.Errorf("buffer: compact: closing the old file: %w", err)
+		err = fmt.Errorf("buffer: compact: closing the old file: %w", err)
+		b.fail(err)
+		return st, err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		// keep using the old file
 		db, oerr := bolt.Open(path, 0o600, boltOptions())
 		if oerr != nil {
-			return st, fmt.Errorf("buffer: compact: rename failed (%v) and reopening failed: %w", err, oerr)
+			err = fmt.Errorf("buffer: compact: rename failed (%v) and reopening failed: %w", err, oerr)
+			b.fail(err)
+			return st, err
 		}
 		b.db = db
 		return st, fmt.Errorf("buffer: compact: %w", err)
 	}
-	syncDir(filepath.Dir(path))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		// The swap may not survive a power cut: appends made to the new file
+		// could vanish with it. Acknowledge nothing more.
+		err = fmt.Errorf("buffer: compact: after the swap: %w", err)
+		b.fail(err)
+		return st, err
+	}
 	db, err := bolt.Open(path, 0o600, boltOptions())
 	if err != nil {
-		return st, fmt.Errorf("buffer: compact: reopen: %w", err)
+		err = fmt.Errorf("buffer: compact: reopen: %w", err)
+		b.fail(err)
+		return st, err
 	}
 	b.db = db
 	st.Paused = time.Since(start)
@@ -439,13 +462,6 @@ func (b *Buffer) Compact() (CompactStats, error) {
 	return st, nil
 }
 
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-}
-
 // quarantine moves a file that cannot be opened as a buffer aside, keeping it
 // for inspection, and returns the new name.
 func quarantine(path string, now time.Time) (string, error) {
@@ -453,7 +469,9 @@ func quarantine(path string, now time.Time) (string, error) {
 	if err := os.Rename(path, dst); err != nil {
 		return "", err
 	}
-	syncDir(filepath.Dir(path))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return dst, err
+	}
 	return dst, nil
 }
 

@@ -52,6 +52,13 @@ type Kafka struct {
 	TLS         KafkaTLS
 	SASL        SASL
 	ExactlyOnce bool
+	// MaxMessageBytes is the largest record the cluster takes (bytes, as
+	// the producer counts a record: key, value, headers and framing).
+	// Larger records are never sent: they go to the dead-letter store.
+	MaxMessageBytes int64
+	// DeadLetterTopic, if set, also receives the records Kafka refuses for
+	// good (those that fit in it).
+	DeadLetterTopic string
 }
 
 // KafkaTLS is TLS towards the Kafka cluster.
@@ -136,3 +143,8 @@ type Log struct {
 func (c *Config) ReceiptsTopic() string {
 	return expandGatewayID(c.Receipts.KafkaTopic, c.ID)
 }
+
+// RecordOverhead is what a Kafka record adds to an MQTT publish's topic,
+// properties and payload (its key, the gateway's headers, framing): an
+// mqtt.max_packet_size plus this must fit kafka.max_message_bytes.
+const RecordOverhead = 4096

@@ -65,6 +65,8 @@ func Flatten(c *Config) map[string]string {
 		str("kafka.sasl.password", "")
 	}
 	boolean("kafka.exactly_once", c.Kafka.ExactlyOnce)
+	num("kafka.max_message_bytes", c.Kafka.MaxMessageBytes)
+	str("kafka.dead_letter_topic", c.Kafka.DeadLetterTopic)
 
 	num("link.max_bytes_per_second", c.Link.MaxBytesPerSecond)
 	ws := make([]string, len(c.Link.Windows))

@@ -49,6 +49,8 @@ var defaults = map[string]any{
 	"kafka.sasl.username":       "",
 	"kafka.sasl.password":       "",
 	"kafka.exactly_once":        "false",
+	"kafka.max_message_bytes":   "1000000",
+	"kafka.dead_letter_topic":   "",
 	"link.max_bytes_per_second": "0",
 	"link.windows":              []string{},
 	"link.urgent_priority":      "0",
@@ -104,7 +106,9 @@ type raw struct {
 			Username  string `mapstructure:"username"`
 			Password  string `mapstructure:"password"`
 		} `mapstructure:"sasl"`
-		ExactlyOnce string `mapstructure:"exactly_once"`
+		ExactlyOnce     string `mapstructure:"exactly_once"`
+		MaxMessageBytes string `mapstructure:"max_message_bytes"`
+		DeadLetterTopic string `mapstructure:"dead_letter_topic"`
 	} `mapstructure:"kafka"`
 	Link struct {
 		MaxBytesPerSecond string   `mapstructure:"max_bytes_per_second"`

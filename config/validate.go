@@ -177,6 +177,16 @@ func (r *raw) validate() (*Config, error) {
 		c.addf("kafka.sasl.username", "must be set when kafka.sasl.mechanism is set")
 	}
 	k.ExactlyOnce = c.boolean("kafka.exactly_once", r.Kafka.ExactlyOnce)
+	k.MaxMessageBytes = c.size("kafka.max_message_bytes", r.Kafka.MaxMessageBytes)
+	if k.MaxMessageBytes > 0 && k.MaxMessageBytes < 4*RecordOverhead {
+		c.addf("kafka.max_message_bytes", "must be at least %d bytes, got %d", 4*RecordOverhead, k.MaxMessageBytes)
+	} else if m.MaxPacketSize > 0 && m.MaxPacketSize+RecordOverhead > k.MaxMessageBytes {
+		// A publish the broker accepts must fit in one Kafka record, or it
+		// is acknowledged and then can never be delivered.
+		c.addf("mqtt.max_packet_size", "%d bytes cannot fit in one Kafka record of kafka.max_message_bytes %d (a record needs up to %d bytes more for its key and headers): lower mqtt.max_packet_size to at most %d or raise kafka.max_message_bytes",
+			m.MaxPacketSize, k.MaxMessageBytes, RecordOverhead, k.MaxMessageBytes-RecordOverhead)
+	}
+	k.DeadLetterTopic = strings.TrimSpace(r.Kafka.DeadLetterTopic)
 
 	// link
 	cfg.Link.MaxBytesPerSecond = c.size("link.max_bytes_per_second", r.Link.MaxBytesPerSecond)

@@ -12,6 +12,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgegw/gateway/internal/boltfile"
+
 	"github.com/edgegw/gateway/internal/wire"
 )
 
@@ -79,19 +81,38 @@ type outbox struct {
 }
 
 func openOutbox(path string) (*outbox, error) {
+	o, _, _, err := openOutboxQuarantine(path, time.Now())
+	return o, err
+}
+
+// openOutboxQuarantine opens the outbox; a corrupt file is moved aside (its
+// new name and the corruption are returned) and a fresh outbox started: the
+// receipts it held are consumed again from Kafka only if their offsets were
+// not committed yet, so they may be lost; the gateway keeps serving.
+func openOutboxQuarantine(path string, now time.Time) (_ *outbox, moved string, cause, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("receipts: outbox dir: %w", err)
+		return nil, "", nil, fmt.Errorf("receipts: outbox dir: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	o := &outbox{}
+	opts := &bolt.Options{
 		Timeout:        2 * time.Second, // another process holding the file: fail, don't hang
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("receipts: open outbox %s: %w", path, err)
 	}
-	o := &outbox{db: db, pending: map[string]int{}}
-	err = db.Update(func(tx *bolt.Tx) error {
+	db, moved, cause, err := boltfile.Open(path, opts, func(db *bolt.DB) error {
+		o.pending, o.total = map[string]int{}, 0
+		return o.load(db)
+	}, now)
+	if err != nil {
+		return nil, moved, cause, fmt.Errorf("receipts: open outbox %s: %w", path, err)
+	}
+	o.db = db
+	return o, moved, cause, nil
+}
+
+// load creates the buckets and counts the pending receipts.
+func (o *outbox) load(db *bolt.DB) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketOutbox, bucketMarks, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -100,7 +121,7 @@ func openOutbox(path string) (*outbox, error) {
 		return tx.Bucket(bucketOutbox).ForEach(func(k, _ []byte) error {
 			dev, _, ok := splitKey(k)
 			if !ok {
-				return fmt.Errorf("corrupt outbox key %q", k)
+				return fmt.Errorf("%w: outbox key %q", boltfile.ErrCorrupt, k)
 			}
 			o.pending[dev]++
 			o.total++
@@ -108,10 +129,9 @@ func openOutbox(path string) (*outbox, error) {
 		})
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("receipts: load outbox %s: %w", path, err)
+		return fmt.Errorf("receipts: load outbox: %w", err)
 	}
-	return o, nil
+	return nil
 }
 
 func (o *outbox) close() error { return o.db.Close() }

@@ -107,6 +107,7 @@ type Receipts struct {
 	// acknowledged receipts on their way out of the outbox
 	amu     sync.Mutex
 	acked   map[ref]bool
+	retry   []ref // acknowledged receipts whose confirmation is still to be stored (guarded by amu)
 	acks    chan ref
 	closeMu sync.RWMutex // held for reading while sending on acks; Close closes it under the write lock
 	// viewMu is held for reading around each outbox read that skips acked
@@ -124,11 +125,15 @@ type Receipts struct {
 	dropDev   atomic.Uint64 // reason invalid_device
 	logs      logonce.Set
 
+	quarantined string // where a corrupt receipts.db was moved at start, or ""
+
 	mConsumed  prometheus.Counter
 	mDelivered prometheus.Counter
 	mAcked     prometheus.Counter
 	mDropped   *prometheus.CounterVec
 	mConfirm   *prometheus.CounterVec
+
+	mUnconfirmed prometheus.Counter
 }
 
 // New validates the options and opens the outbox; it does no network I/O.
@@ -213,15 +218,24 @@ func New(opts Options) (*Receipts, error) {
 		Name: "gateway_receipts_confirmations_total",
 		Help: "Delivery confirmations appended to the uplink buffer, by result (stored, failed).",
 	}, []string{"result"})
+	r.mUnconfirmed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_receipts_unconfirmed_total",
+		Help: "Receipts delivered at QoS 0 (terminal subscribed at QoS 0): written, never acknowledged, so no confirmation was sent.",
+	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{r.mConsumed, r.mDelivered, r.mAcked, r.mDropped, r.mConfirm} {
+		for _, c := range []prometheus.Collector{r.mConsumed, r.mDelivered, r.mAcked, r.mDropped, r.mConfirm, r.mUnconfirmed} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("receipts: metrics: %w", err)
 			}
 		}
 	}
-	if r.box, err = openOutbox(opts.Path); err != nil {
+	var cause error
+	if r.box, r.quarantined, cause, err = openOutboxQuarantine(opts.Path, time.Now()); err != nil {
 		return nil, err
+	}
+	if r.quarantined != "" {
+		lg.Error("receipts: receipts.db could not be read; moved it aside and started an empty outbox",
+			"error", cause, "kept_as", r.quarantined)
 	}
 	return r, nil
 }
@@ -273,6 +287,9 @@ func (r *Receipts) Close() error {
 	})
 	return r.closeErr
 }
+
+// Quarantined returns where a corrupt receipts.db was moved at start, or "".
+func (r *Receipts) Quarantined() string { return r.quarantined }
 
 // Pending returns, per device, how many receipts wait in its outbox.
 func (r *Receipts) Pending() map[string]int { return r.box.pendingAll() }
@@ -406,8 +423,23 @@ func (r *Receipts) deliver(dev string) {
 		if !acked {
 			return
 		}
-		r.ack(ref{Device: dev, Seq: rc.Seq}) // QoS 0: written is all we get
+		// QoS 0 (the terminal subscribed at QoS 0, or receipts.qos is 0):
+		// written is all there is. No PUBACK, so no confirmation: it leaves
+		// the outbox counted as unconfirmed (README "Receipts").
+		r.unconfirmed(ref{Device: dev, Seq: rc.Seq})
 	}
+}
+
+// unconfirmed removes a receipt delivered at QoS 0, which no terminal
+// acknowledges, without a confirmation, and counts it.
+func (r *Receipts) unconfirmed(rf ref) {
+	if _, err := r.box.remove([]ref{rf}); err != nil {
+		r.logs.Warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
+		return
+	}
+	r.mUnconfirmed.Inc()
+	r.logs.Warn(r.log, "qos0", "receipts delivered at QoS 0 (the terminal subscribed at QoS 0): no acknowledgement, so no delivery confirmation (logged once; see gateway_receipts_unconfirmed_total)",
+		"first_device", rf.Device)
 }
 
 // message builds the MQTT publish of a receipt (CONTRACT §4 downlink).
@@ -469,54 +501,30 @@ func (r *Receipts) finisher() {
 }
 
 func (r *Receipts) finish(batch []ref) {
-	keep := false // true: leave in the outbox (the buffer is closing)
+	done := batch   // leave the outbox
+	var retry []ref // acknowledged, confirmation not stored yet: stay, retried
+	keep := false   // true: leave everything in the outbox (the buffer is closing)
 	if topic := r.cfg.ConfirmTopic; topic != "" {
-		recs, err := r.box.get(batch)
-		if err != nil {
-			r.logs.Warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
-		}
-		var wg sync.WaitGroup
-		var failed, closed atomic.Int32
-		for i := range recs {
-			rc := &recs[i]
-			wg.Add(1)
-			err := r.opts.Buffer.Append(&buffer.Append{Record: r.confirmation(rc), Done: func(res buffer.Result) {
-				if res.Err != nil {
-					failed.Add(1)
-					if errors.Is(res.Err, buffer.ErrClosed) {
-						closed.Add(1)
-					}
-				}
-				wg.Done()
-			}})
-			if err != nil {
-				failed.Add(1)
-				if errors.Is(err, buffer.ErrClosed) {
-					closed.Add(1)
-				}
-				wg.Done()
-			}
-		}
-		wg.Wait()
-		stored := int32(len(recs)) - failed.Load()
-		r.mConfirm.WithLabelValues("stored").Add(float64(stored))
-		if f := failed.Load(); f > 0 {
-			r.mConfirm.WithLabelValues("failed").Add(float64(f))
-			r.logs.Warn(r.log, "confirm", "receipts: storing delivery confirmations failed", "failed", f)
-		}
-		// The buffer closing means the process is stopping: keep the
-		// receipts, so they are delivered and confirmed after the restart.
-		keep = closed.Load() > 0
+		done, retry, keep = r.confirm(batch)
 	}
-	if !keep {
-		if _, err := r.box.remove(batch); err != nil {
+	if !keep && len(done) > 0 {
+		if _, err := r.box.remove(done); err != nil {
 			r.logs.Warn(r.log, "remove", "receipts: removing from the outbox failed", "error", err)
 		}
 	}
 	r.viewMu.Lock()
 	r.amu.Lock()
-	for _, rf := range batch {
-		delete(r.acked, rf)
+	if keep {
+		for _, rf := range batch {
+			delete(r.acked, rf)
+		}
+	} else {
+		for _, rf := range done {
+			delete(r.acked, rf)
+		}
+		// Still acknowledged (so never sent to the terminal again), and
+		// confirmed by the sweeper once the buffer takes it.
+		r.retry = append(r.retry, retry...)
 	}
 	r.amu.Unlock()
 	r.viewMu.Unlock()
@@ -526,6 +534,80 @@ func (r *Receipts) finish(batch []ref) {
 			seen[rf.Device] = true
 			r.kick(rf.Device)
 		}
+	}
+}
+
+// confirm appends the confirmations of acknowledged receipts to the uplink
+// buffer. A receipt leaves the outbox only once its confirmation is durably
+// stored (done); those whose append failed are retried (retry); keep is true
+// when the buffer is closing (the process stops: all stay, delivered and
+// confirmed after the restart).
+func (r *Receipts) confirm(batch []ref) (done, retry []ref, keep bool) {
+	recs, err := r.box.get(batch)
+	if err != nil {
+		r.logs.Warn(r.log, "read", "receipts: reading the outbox failed", "error", err)
+		return nil, batch, false
+	}
+	present := make(map[ref]bool, len(recs))
+	for i := range recs {
+		present[ref{Device: recs[i].Device, Seq: recs[i].Seq}] = true
+	}
+	for _, rf := range batch {
+		if !present[rf] {
+			done = append(done, rf) // gone already (expired): nothing to confirm
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var closed atomic.Int32
+	var firstErr error
+	result := func(rf ref, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err == nil:
+			done = append(done, rf)
+		default:
+			retry = append(retry, rf)
+			if firstErr == nil {
+				firstErr = err
+			}
+			if errors.Is(err, buffer.ErrClosed) {
+				closed.Add(1)
+			}
+		}
+	}
+	for i := range recs {
+		rc := &recs[i]
+		rf := ref{Device: rc.Device, Seq: rc.Seq}
+		wg.Add(1)
+		err := r.opts.Buffer.Append(&buffer.Append{Record: r.confirmation(rc), Done: func(res buffer.Result) {
+			result(rf, res.Err)
+			wg.Done()
+		}})
+		if err != nil {
+			result(rf, err)
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	r.mConfirm.WithLabelValues("stored").Add(float64(len(recs) - len(retry)))
+	if len(retry) > 0 {
+		r.mConfirm.WithLabelValues("failed").Add(float64(len(retry)))
+		r.logs.Warn(r.log, "confirm", "receipts: storing delivery confirmations failed; the receipts stay in the outbox and their confirmations are retried",
+			"failed", len(retry), "error", firstErr)
+	}
+	return done, retry, closed.Load() > 0
+}
+
+// retryConfirmations tries again the confirmations whose append failed.
+func (r *Receipts) retryConfirmations() {
+	r.amu.Lock()
+	batch := r.retry
+	r.retry = nil
+	r.amu.Unlock()
+	if len(batch) > 0 {
+		r.finish(batch)
 	}
 }
 
@@ -568,6 +650,7 @@ func (r *Receipts) sweeper() {
 				r.drop(old)
 			}
 		}
+		r.retryConfirmations()
 		for dev := range r.box.pendingAll() {
 			r.kick(dev)
 		}

@@ -42,12 +42,19 @@ type env struct {
 	rc    *Receipts
 	addr  string
 	prod  *kgo.Client
+	// limits, if set, are the buffer's budgets; sweep the receipts' sweep
+	// interval (0: the default).
+	limits *buffer.Limits
+	sweep  time.Duration
 }
 
-func newEnv(t *testing.T, extraYAML string) *env {
+func newEnv(t *testing.T, extraYAML string, edit ...func(*env)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), extra: extraYAML,
 		kafka: testkit.Kafka(t, testkit.Topics(3, receiptsTopic), testkit.Topics(1, confirmTopic))}
+	for _, f := range edit {
+		f(e)
+	}
 	// a fixed MQTT port, so clients reconnect to the same address after restart
 	e.addr = fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
 	prod, err := kgo.NewClient(kgo.SeedBrokers(e.kafka.Addrs...), kgo.DefaultProduceTopic(receiptsTopic))
@@ -89,7 +96,11 @@ routes:
 	}
 	e.cfg = cfg
 	lg := testLogger(t)
-	if e.buf, err = buffer.Open(buffer.Options{Path: filepath.Join(e.dir, "buffer.db")}); err != nil {
+	bopts := buffer.Options{Path: filepath.Join(e.dir, "buffer.db")}
+	if e.limits != nil {
+		bopts.Limits = *e.limits
+	}
+	if e.buf, err = buffer.Open(bopts); err != nil {
 		t.Fatal(err)
 	}
 	rs := rules.Compile(cfg)
@@ -99,7 +110,7 @@ routes:
 	if err = e.brk.Start(); err != nil {
 		t.Fatal(err)
 	}
-	e.rc, err = New(Options{Config: cfg, Broker: e.brk, Buffer: e.buf, Logger: lg,
+	e.rc, err = New(Options{Config: cfg, Broker: e.brk, Buffer: e.buf, Logger: lg, SweepInterval: e.sweep,
 		SaramaConfig: func(c *sarama.Config) {
 			c.Consumer.Offsets.AutoCommit.Interval = 100 * time.Millisecond
 			c.Consumer.MaxWaitTime = 50 * time.Millisecond

@@ -56,14 +56,15 @@ func (s *Set) ByName(name string) *Route { return s.byName[name] }
 // wait behind telemetry.
 const ConfirmRoute = "_receipts_confirm"
 
-// OrphanPriority is the drain priority of a route that is no longer
-// configured (its backlog outlived a reload): before all others. Its
-// messages are older than anything a renamed route now stores, and one
-// client's messages must reach Kafka in publish order across the rename.
+// OrphanPriority is the drain priority of a route no longer configured:
+// before every configured one (configured priorities are 0 or more).
 const OrphanPriority = -1
 
-// Priority is the drain priority of a route by name (OrphanPriority for one
-// no longer configured).
+// Priority is the drain priority of a route by name. A route that is no
+// longer configured (its backlog outlived a reload, e.g. a renamed route)
+// drains before all others: its records are older than anything its clients
+// published since, under the new name, and must reach Kafka first to keep
+// each client's order.
 func (s *Set) Priority(name string) int {
 	if name == ConfirmRoute {
 		return 0

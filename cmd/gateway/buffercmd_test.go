@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -24,13 +23,6 @@ func fillBuffer(t *testing.T, b *buffer.Buffer) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func runCLI(t *testing.T, args ...string) (string, int) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := run(args, &out, &errb)
-	return out.String() + errb.String(), code
 }
 
 // gateway buffer reads a stopped gateway's file directly, and a running

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -63,14 +64,18 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	g.reg = reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	g.buf, err = buffer.Open(buffer.Options{
+	bopts := buffer.Options{
 		Path:   filepath.Join(cfg.DataDir, "buffer.db"),
 		Logger: log.With("component", "buffer"),
 		Limits: bufferLimits(cfg, g.rules.Load()),
 		// the operator's trade of PUBACK latency for flash wear
 		CommitWait:       cfg.Buffer.CommitWait,
 		CommitMinRecords: cfg.Buffer.CommitMinRecords,
-	})
+	}
+	if testBufferOptions != nil {
+		testBufferOptions(&bopts)
+	}
+	g.buf, err = buffer.Open(bopts)
 	if err != nil {
 		return nil, err
 	}
@@ -123,9 +128,29 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 	}
 	g.rcp.Start()
 	g.brg.Start()
+	if h, err := os.Hostname(); err == nil && cfg.ID == h {
+		log.Warn("the gateway id is the host name (the default when id is not set); boxes flashed from one image share it and their records would share gw.id: set a unique id per box",
+			"id", cfg.ID)
+	}
 	log.Info("gateway started", "id", cfg.ID, "mqtt", g.brk.Addr("tcp"), "admin", cfg.Admin.Address,
 		"kafka", cfg.Kafka.Brokers, "data_dir", cfg.DataDir, "backlog", backlogCount(g.buf))
 	return g, nil
+}
+
+// testBufferOptions, when a test sets it, adjusts the buffer's options (e.g.
+// a small compaction threshold).
+var testBufferOptions func(*buffer.Options)
+
+// wait blocks until a signal arrives (a clean stop) or the buffer becomes
+// unusable (DESIGN invariant 13: components report, main exits). It returns
+// the signal, or nil and the buffer's error.
+func (g *gateway) wait(sig <-chan os.Signal) (os.Signal, error) {
+	select {
+	case s := <-sig:
+		return s, nil
+	case <-g.buf.Failed():
+		return nil, g.buf.Err()
+	}
 }
 
 func backlogCount(b *buffer.Buffer) int64 { n, _ := b.Total(); return n }
@@ -134,7 +159,9 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 	return admin.Sources{
 		GatewayID: cfg.ID,
 		Version:   version,
-		Ready:     func() bool { return g.brk != nil && g.brk.Listening() },
+		// Ready only while the buffer can take writes: a buffer made
+		// unusable (a failed compaction swap) is 503 until the process exits.
+		Ready: func() bool { return g.brk != nil && g.brk.Listening() && g.buf.Err() == nil },
 		Routes: func() []admin.RouteInfo {
 			var out []admin.RouteInfo
 			for _, r := range g.rules.Load().Routes() {
@@ -161,7 +188,37 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		ReceiptsDropped: g.rcp.DroppedByReason,
 		Gatherer:        reg,
 		Config:          g.runningConfig,
+
+		DeadLetterCounts: func() map[string]map[string]uint64 {
+			c, err := g.buf.DeadLetterCounts()
+			if err != nil {
+				g.log.Warn("reading the dead-letter counts failed", "error", err)
+			}
+			return c
+		},
+		DeadLetters: g.buf,
+		Waiting: func() map[string]admin.RouteWait {
+			out := map[string]admin.RouteWait{}
+			for r, w := range g.brg.Waiting() {
+				out[r] = admin.RouteWait{Topic: w.Topic, Reason: w.Reason, Error: w.Error, Since: w.Since, Retry: w.Retry}
+			}
+			return out
+		},
+		QuarantinedFiles: g.quarantinedFiles,
+		Problems:         g.problems,
 	}
+}
+
+// problems are conditions the operator must fix, for /status.
+func (g *gateway) problems() []string {
+	var out []string
+	if err := g.buf.Err(); err != nil {
+		out = append(out, "buffer unusable (the gateway exits to be restarted): "+err.Error())
+	}
+	if d := g.brg.DuplicateID(); d != "" {
+		out = append(out, fmt.Sprintf("another gateway uses the id %q: %s", g.cfg.Load().ID, d))
+	}
+	return out
 }
 
 // stop shuts down in reverse start order; safe to call twice.
@@ -189,4 +246,17 @@ func (g *gateway) stop() error {
 		g.stopErr = errors.Join(errs...)
 	})
 	return g.stopErr
+}
+
+// quarantinedFiles are the state files moved aside at start because they
+// could not be read (the buffer's own is reported under disk).
+func (g *gateway) quarantinedFiles() map[string]string {
+	out := map[string]string{}
+	if q := g.brk.Quarantined(); q != "" {
+		out["sessions.db"] = q
+	}
+	if q := g.rcp.Quarantined(); q != "" {
+		out["receipts.db"] = q
+	}
+	return out
 }

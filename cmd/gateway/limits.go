@@ -13,7 +13,13 @@ import (
 func bufferLimits(cfg *config.Config, set *rules.Set) buffer.Limits {
 	return buffer.Limits{
 		MaxDiskBytes: cfg.Buffer.MaxDiskBytes,
+		Reserve:      systemReserve(cfg.Buffer.MaxDiskBytes),
 		Routes: func(name string) (buffer.Policy, bool) {
+			if name == rules.ConfirmRoute {
+				// Confirmations are the proof a receipt was delivered: never
+				// evicted, and room kept for them beyond the budget.
+				return buffer.Policy{Priority: 0, OnFull: "reject", UseReserve: true}, true
+			}
 			r := set.ByName(name)
 			if r == nil {
 				return buffer.Policy{}, false
@@ -37,4 +43,14 @@ func drops(buf *buffer.Buffer, brk *broker.Broker) map[string]map[string]uint64 
 		out[route]["rejected"] += n
 	}
 	return out
+}
+
+// systemReserve is the room beyond buffer.max_disk_bytes kept for receipt
+// confirmations: 1% of the budget, at least 256 KiB (~1,000 confirmations)
+// and at most 16 MiB.
+func systemReserve(budget int64) int64 {
+	if budget <= 0 {
+		return 0
+	}
+	return min(max(budget/100, 256<<10), 16<<20)
 }

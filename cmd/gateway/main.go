@@ -37,6 +37,8 @@ const usage = `usage:
   gateway version                version, commit, Go version, platform
   gateway buffer ls|peek|stats --data-dir DIR
                                  read-only look inside the buffer
+  gateway deadletter ls|resend|drop [--data-dir DIR] [--admin ADDR]
+                                 records Kafka refused for good
 `
 
 // Exit codes.
@@ -65,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "buffer":
 		return cmdBuffer(args[1:], stdout, stderr)
+	case "deadletter":
+		return cmdDeadLetter(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
@@ -141,10 +145,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 	sd := startNotifier(gw, log)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	s := <-sig
-	log.Info("shutting down", "signal", s.String())
+	s, ferr := gw.wait(sig)
 	signal.Stop(sig)
 	sd.stopping()
+	if ferr != nil {
+		// systemd restarts the process on the file that is on disk; what was
+		// acknowledged is in it (or in the compaction copy beside it).
+		log.Error("the buffer is unusable; stopping so the gateway restarts", "error", ferr)
+		gw.stop()
+		return exitFailure
+	}
+	log.Info("shutting down", "signal", s.String())
 	if err := gw.stop(); err != nil {
 		log.Error("shutdown", "error", err)
 		return exitFailure
