@@ -24,8 +24,6 @@ var documentedAhead = map[string]bool{
 	"mqtt.topic_alias_max":    true, // issue 9
 	"admin.token_file":        true, // issue 9
 	"admin.pprof":             true, // issue 9
-	"kafka.max_message_bytes": true, // issue 10
-	"kafka.dead_letter_topic": true, // issue 10
 }
 
 // schemaKeys lists every key of the YAML schema from the mapstructure tags of
