@@ -58,6 +58,10 @@ type Broker struct {
 	listening atomic.Bool
 	closeOnce sync.Once
 
+	certLogin       bool // a TLS listener verifies client certificates
+	loginRefused    *prometheus.CounterVec
+	sessionsEvicted prometheus.Counter
+
 	stored   *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
@@ -82,6 +86,12 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumPacketSize = uint32(cfg.MQTT.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(cfg.MQTT.MaxInflight)
 	caps.MaximumInflight = uint16(max(cfg.MQTT.MaxInflight, 1024))
+	// Resource bounds (DESIGN invariant 12). mochi's defaults keep an
+	// 8,192-slot outbound queue per client, stored sessions included, and
+	// accept 65,535 topic aliases and sessions that never expire.
+	caps.MaximumClientWritesPending = int32(max(4*cfg.MQTT.MaxInflight, 256))
+	caps.TopicAliasMaximum = uint16(cfg.MQTT.TopicAliasMax)
+	caps.MaximumSessionExpiryInterval = uint32(cfg.MQTT.MaxSessionExpiry / time.Second)
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true, // receipts are published in-process
 		Capabilities: caps,
@@ -95,7 +105,23 @@ func New(opts Options) (*Broker, error) {
 			return nil, fmt.Errorf("broker: %w", err)
 		}
 	}
-	b.auth = &authHook{allowAnonymous: cfg.MQTT.AllowAnonymous, users: users}
+	b.certLogin = cfg.MQTT.TLS.Address != "" && cfg.MQTT.TLS.ClientCAFile != ""
+	b.auth = &authHook{
+		b:     b,
+		users: users,
+		anonymous: map[string]bool{
+			"tcp": cfg.MQTT.AnonymousTCP,
+			"tls": cfg.MQTT.AnonymousTLS,
+			"ws":  cfg.MQTT.AnonymousWebsocket,
+		},
+		bind:        cfg.MQTT.BindsClientID(),
+		maxClientID: cfg.MQTT.MaxClientIDLength,
+		maxUsername: cfg.MQTT.MaxUsernameLength,
+		logins:      newLoginGuard(),
+	}
+	if len(users) > 0 {
+		b.auth.dummy = dummyHash(users)
+	}
 	acl := cfg.ACL
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
@@ -109,8 +135,16 @@ func New(opts Options) (*Broker, error) {
 		Name: "gateway_ingest_refused_total",
 		Help: "Publishes refused (never acknowledged as success), by route and reason.",
 	}, []string{"route", "reason"})
+	b.loginRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gateway_mqtt_connect_refused_total",
+		Help: "CONNECTs refused by the gateway's checks, by reason (bad_credentials, anonymous, client_id_not_bound, session_owned, will_denied, login_backoff, ...).",
+	}, []string{"reason"})
+	b.sessionsEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_mqtt_sessions_evicted_total",
+		Help: "Stored sessions of offline clients removed because mqtt.max_sessions was reached (longest offline first).",
+	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused} {
+		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -149,19 +183,20 @@ func New(opts Options) (*Broker, error) {
 
 func (b *Broker) addListeners(cfg *config.Config) error {
 	maxPacket := uint32(cfg.MQTT.MaxPacketSize)
+	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize)}
 	if cfg.MQTT.Address != "" {
-		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket)
+		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.address %s: %w", cfg.MQTT.Address, err)
 		}
 	}
 	if t := cfg.MQTT.TLS; t.Address != "" {
-		tc, err := serverTLS(t)
+		tc, err := serverTLS(t, cfg.MQTT.UsersFile != "")
 		if err != nil {
 			return err
 		}
-		l := newTCPListener("tls", t.Address, tc, maxPacket)
+		l := newTCPListener("tls", t.Address, tc, maxPacket, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.tls.address %s: %w", t.Address, err)
@@ -169,14 +204,17 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 	}
 	if cfg.MQTT.WebsocketAddress != "" {
 		ws := listeners.NewWebsocket(listeners.Config{ID: "ws", Address: cfg.MQTT.WebsocketAddress})
-		if err := b.server.AddListener(ws); err != nil {
+		if err := b.server.AddListener(&guardedListener{Listener: ws, maxPacket: maxPacket, limits: limits}); err != nil {
 			return fmt.Errorf("broker: mqtt.websocket_address %s: %w", cfg.MQTT.WebsocketAddress, err)
 		}
 	}
 	return nil
 }
 
-func serverTLS(t config.ListenerTLS) (*tls.Config, error) {
+// serverTLS builds the TLS listener's config. With client_ca_file, a client
+// certificate is verified when presented; it is required unless passwords
+// (a users file) are another way in.
+func serverTLS(t config.ListenerTLS, passwords bool) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("broker: mqtt.tls.cert_file/key_file: %w", err)
@@ -193,6 +231,9 @@ func serverTLS(t config.ListenerTLS) (*tls.Config, error) {
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		if passwords {
+			tc.ClientAuth = tls.VerifyClientCertIfGiven
+		}
 	}
 	return tc, nil
 }
@@ -281,4 +322,9 @@ func (b *Broker) Close() error {
 		}
 	})
 	return err
+}
+
+func (b *Broker) countLoginRefused(reason string) {
+	b.loginRefused.WithLabelValues(reason).Inc()
+	b.logs.Warn(b.log, "connect/"+reason, "connect refused (logged once per reason; see gateway_mqtt_connect_refused_total)", "reason", reason)
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -21,14 +22,26 @@ type tcpListener struct {
 	tlsConfig   *tls.Config
 	maxPacket   uint32
 	log         *slog.Logger
+	limits      connLimits
 
 	listen net.Listener
 	end    atomic.Bool
 	wg     sync.WaitGroup
 }
 
-func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32) *tcpListener {
-	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, maxPacket: maxPacket}
+func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32, limits connLimits) *tcpListener {
+	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, maxPacket: maxPacket, limits: limits}
+}
+
+// connLimits bound what a connection may hold before its CONNECT is
+// accepted (DESIGN invariant 12).
+type connLimits struct {
+	// connectTimeout covers the TLS handshake and reading CONNECT; mochi
+	// replaces the deadline with the keepalive one once CONNECT is in.
+	connectTimeout time.Duration
+	// maxConnect is the largest CONNECT taken; a larger one is refused from
+	// its fixed header, before mochi allocates its body.
+	maxConnect uint32
 }
 
 func (l *tcpListener) ID() string { return l.id }
@@ -80,7 +93,23 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			err := establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket})
+			deadline := time.Now().Add(l.limits.connectTimeout)
+			_ = conn.SetDeadline(deadline)
+			if tc, ok := conn.(*tls.Conn); ok {
+				// Handshake here, under the deadline, so a stranger who
+				// never finishes it costs no mochi client at all.
+				ctx, cancel := context.WithDeadline(context.Background(), deadline)
+				err := tc.HandshakeContext(ctx)
+				cancel()
+				if err != nil {
+					_ = conn.Close()
+					if l.log != nil {
+						l.log.Debug("mqtt tls handshake failed", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
+					}
+					return
+				}
+			}
+			err := establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket, maxConnect: l.limits.maxConnect})
 			if err != nil && l.log != nil {
 				l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
 			}
@@ -103,7 +132,8 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 // header right after and closes the connection.
 type frameGuard struct {
 	net.Conn
-	max uint32
+	max        uint32
+	maxConnect uint32 // 0: no limit beyond max
 
 	mu        sync.Mutex
 	state     int // 0 type byte, 1 remaining length, 2 body
@@ -115,7 +145,14 @@ type frameGuard struct {
 	body      []byte // the first bytes of CONNECT, to find the protocol level
 	version   byte
 	tooLarge  bool
+	// connectTooLarge: the first packet announced more than maxConnect
+	// bytes; reads fail from then on.
+	connectTooLarge bool
 }
+
+// errConnectTooLarge ends a connection whose CONNECT announces more than
+// mqtt.max_connect_size.
+var errConnectTooLarge = errors.New("CONNECT larger than mqtt.max_connect_size")
 
 const (
 	guardType = iota
@@ -133,12 +170,24 @@ func (g *frameGuard) Write(p []byte) (int, error) {
 }
 
 func (g *frameGuard) Read(p []byte) (int, error) {
+	g.mu.Lock()
+	refused := g.connectTooLarge
+	g.mu.Unlock()
+	if refused {
+		return 0, errConnectTooLarge
+	}
 	n, err := g.Conn.Read(p)
-	if n > 0 && g.max > 0 {
+	if n > 0 && (g.max > 0 || g.maxConnect > 0) {
 		g.mu.Lock()
 		tooLarge := g.scan(p[:n])
-		version := g.version
+		version, refused := g.version, g.connectTooLarge
 		g.mu.Unlock()
+		if refused {
+			// Nothing of it reaches mochi, which would allocate the whole
+			// announced body and wait for it.
+			_ = g.Conn.Close()
+			return 0, errConnectTooLarge
+		}
 		if tooLarge && version == 5 {
 			// DISCONNECT, remaining length 1, reason code 0x95.
 			_, _ = g.Write([]byte{0xE0, 0x01, 0x95})
@@ -169,7 +218,11 @@ func (g *frameGuard) scan(b []byte) bool {
 				continue
 			}
 			// fixed header complete
-			if g.remaining+1 > g.max {
+			if !g.first && g.maxConnect > 0 && g.remaining+1 > g.maxConnect {
+				g.connectTooLarge = true
+				return false
+			}
+			if g.max > 0 && g.remaining+1 > g.max {
 				g.tooLarge = true
 				return true
 			}
@@ -208,4 +261,19 @@ func connectVersion(body []byte) byte {
 		return 0
 	}
 	return body[2+n]
+}
+
+// guardedListener gives another mochi listener (the websocket one) the same
+// bounds before CONNECT: a deadline and a CONNECT size limit.
+type guardedListener struct {
+	listeners.Listener
+	maxPacket uint32
+	limits    connLimits
+}
+
+func (l *guardedListener) Serve(establish listeners.EstablishFn) {
+	l.Listener.Serve(func(id string, c net.Conn) error {
+		_ = c.SetDeadline(time.Now().Add(l.limits.connectTimeout))
+		return establish(id, &frameGuard{Conn: c, max: l.maxPacket, maxConnect: l.limits.maxConnect})
+	})
 }
