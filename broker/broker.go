@@ -51,8 +51,9 @@ type Broker struct {
 	downlink *downlinkHook
 	ruleSet  atomic.Pointer[rules.Set]
 
-	tcp   []*tcpListener // for Addr()
-	store *sessionStore  // closed after the ackers, see Close
+	tcp    []*tcpListener // for Addr()
+	store  *sessionStore  // closed after the ackers, see Close
+	limits *sessionLimits
 
 	ackers    sync.WaitGroup
 	listening atomic.Bool
@@ -169,6 +170,17 @@ func New(opts Options) (*Broker, error) {
 		}
 	}
 
+	b.limits = &sessionLimits{b: b, log: lg, expiry: cfg.MQTT.MaxSessionExpiry, max: cfg.MQTT.MaxSessions,
+		now: time.Now, offline: map[string]time.Time{}, pending: map[string]time.Time{}}
+	if !opts.NoSessionStore {
+		if err := b.limits.openMeta(filepath.Join(cfg.DataDir, metaFileName)); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.server.AddHook(b.limits, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+
 	// After the session store: it asks the downlink hook whether a completed
 	// packet was a downlink one before the hook forgets it.
 	if err := b.server.AddHook(b.downlink, nil); err != nil {
@@ -176,6 +188,7 @@ func New(opts Options) (*Broker, error) {
 	}
 
 	if err := b.addListeners(cfg); err != nil {
+		b.limits.close()
 		return nil, err
 	}
 	return b, nil
@@ -243,6 +256,7 @@ func (b *Broker) Start() error {
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	b.limits.restore()
 	b.listening.Store(true)
 	return nil
 }
@@ -317,6 +331,7 @@ func (b *Broker) Close() error {
 		case <-time.After(10 * time.Second):
 			b.log.Warn("broker: some client ackers did not finish within 10s")
 		}
+		err = errors.Join(err, b.limits.close())
 		if b.store != nil {
 			err = errors.Join(err, b.store.Hook.Stop())
 		}

@@ -106,6 +106,7 @@ func rawConnect(t *testing.T, addr string, o connectOpts) (*rawClient, int) {
 	if typ != 2 || len(ack) < 2 {
 		t.Fatalf("expected CONNACK, got type %d %v", typ, ack)
 	}
+	c.lastConnack = ack
 	return c, int(ack[1])
 }
 
