@@ -90,7 +90,7 @@ func New(opts Options) (*Broker, error) {
 	// Resource bounds (DESIGN invariant 12). mochi's defaults keep an
 	// 8,192-slot outbound queue per client, stored sessions included, and
 	// accept 65,535 topic aliases and sessions that never expire.
-	caps.MaximumClientWritesPending = int32(max(4*cfg.MQTT.MaxInflight, 256))
+	caps.MaximumClientWritesPending = int32(max(2*cfg.MQTT.MaxInflight, 64))
 	caps.TopicAliasMaximum = uint16(cfg.MQTT.TopicAliasMax)
 	caps.MaximumSessionExpiryInterval = uint32(cfg.MQTT.MaxSessionExpiry / time.Second)
 	b.server = mqtt.New(&mqtt.Options{
