@@ -27,6 +27,9 @@ type tcpListener struct {
 	listen net.Listener
 	end    atomic.Bool
 	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // accepted and not yet ended, for Close
 }
 
 func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32, limits connLimits) *tcpListener {
@@ -90,9 +93,25 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		if tc, ok := conn.(*net.TCPConn); ok {
 			_ = tc.SetKeepAlivePeriod(30 * time.Second)
 		}
+		l.mu.Lock()
+		if l.end.Load() { // Close already ran its sweep
+			l.mu.Unlock()
+			_ = conn.Close()
+			return
+		}
+		if l.conns == nil {
+			l.conns = map[net.Conn]struct{}{}
+		}
+		l.conns[conn] = struct{}{}
 		l.wg.Add(1)
+		l.mu.Unlock()
 		go func() {
 			defer l.wg.Done()
+			defer func() {
+				l.mu.Lock()
+				delete(l.conns, conn)
+				l.mu.Unlock()
+			}()
 			deadline := time.Now().Add(l.limits.connectTimeout)
 			_ = conn.SetDeadline(deadline)
 			if tc, ok := conn.(*tls.Conn); ok {
@@ -117,12 +136,25 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// Close stops accepting, ends the clients, and also the connections still
+// in their TLS handshake or before CONNECT, then waits for every connection
+// goroutine to return. mochi waits for its clients right after (a
+// WaitGroup that connections Add to); waiting here first orders those Adds
+// before that Wait, and shutdown does not sit out anyone's connect_timeout.
 func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
 	l.end.Store(true)
+	l.mu.Unlock()
 	if l.listen != nil {
 		_ = l.listen.Close()
 	}
 	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
 }
 
 // frameGuard follows the MQTT framing of the bytes read from a connection:
