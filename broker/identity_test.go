@@ -554,3 +554,19 @@ func (c *rawClient) subscribe(pid uint16, filter string, qos byte) {
 		}
 	}
 }
+
+// A 3.1.1 client whose session is taken over by its own identity is just
+// disconnected: 3.1.1 has no server DISCONNECT packet.
+func TestTakeoverSendsNoDisconnectTo311(t *testing.T) {
+	e := start(t, "", "", buffer.Options{}, authEnv(t, "term-b")...)
+	old, code := rawConnect(t, e.addr, connectOpts{version: 4, id: "term-b", user: "term-b", pass: "term-b-secret"})
+	if code != 0 {
+		t.Fatalf("connect: %d", code)
+	}
+	if _, code := rawConnect(t, e.addr, connectOpts{version: 4, id: "term-b", user: "term-b", pass: "term-b-secret"}); code != 0 {
+		t.Fatalf("reconnect: %d", code)
+	}
+	if got := old.expectClosed(); got != -1 {
+		t.Fatalf("the 3.1.1 client taken over got a DISCONNECT (%#x)", got)
+	}
+}

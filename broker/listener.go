@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // tcpListener is a mochi listener (plain TCP or TLS) whose connections are
@@ -197,6 +198,17 @@ const (
 const writeDeadline = 30 * time.Second
 
 func (g *frameGuard) Write(p []byte) (int, error) {
+	if len(p) > 0 && p[0] == packets.Disconnect<<4 {
+		g.mu.Lock()
+		v := g.version
+		g.mu.Unlock()
+		if v == 3 || v == 4 {
+			// MQTT 3.1.1 has no server DISCONNECT (mochi v2.7.9 sends one,
+			// e.g. to a client whose session is taken over): the connection
+			// is just closed.
+			return len(p), nil
+		}
+	}
 	_ = g.Conn.SetWriteDeadline(time.Now().Add(writeDeadline))
 	return g.Conn.Write(p)
 }
