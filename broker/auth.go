@@ -71,7 +71,7 @@ type authHook struct {
 	logins      *loginGuard
 	acl         atomic.Pointer[config.ACL] // swapped on reload
 
-	approved sync.Map // *mqtt.Client -> struct{}: OnConnect accepted it
+	approved sync.Map // *mqtt.Client -> struct{}: OnConnect accepted it, until OnConnectAuthenticate
 
 	// expanded caches each client's ACL filters with {client_id},
 	// {username} and {cert_cn} filled in: the check runs several times per
@@ -176,14 +176,23 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	// Whatever the binding, a session belongs to the identity that made it:
 	// nobody else takes it over (its subscriptions, its receipts).
-	if existing, ok := h.b.server.Clients.Get(cl.ID); ok && !existing.Net.Inline {
+	if existing, ok := h.b.server.Clients.Get(cl.ID); ok {
+		if existing.Net.Inline {
+			// mochi's in-process client ("inline"), which publishes the
+			// receipts: a takeover would cut the downlink.
+			return h.refuse(cl, refuseClientID, "client_id_reserved")
+		}
 		if owner := string(existing.Properties.Username); owner != "" && h.authConfigured() && owner != identity {
 			return h.refuse(cl, refuseClientID, "session_owned")
 		}
 	}
 	if pk.Connect.WillFlag {
-		if !mqtt.IsValidFilter(pk.Connect.WillTopic, true) || !h.OnACLCheck(cl, pk.Connect.WillTopic, true) {
-			h.expanded.Delete(cl)
+		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.OnACLCheck(cl, pk.Connect.WillTopic, true)
+		// mochi may end the connection before OnDisconnect runs (a failed
+		// CONNACK write): keep nothing keyed by cl from here; the ACL is
+		// expanded again at the first publish.
+		h.expanded.Delete(cl)
+		if !allowed {
 			return h.refuse(cl, refuseNotAuth, "will_denied")
 		}
 	}
@@ -235,7 +244,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity st
 
 // OnConnectAuthenticate confirms what OnConnect decided.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	_, ok := h.approved.Load(cl)
+	_, ok := h.approved.LoadAndDelete(cl)
 	return ok
 }
 

@@ -336,6 +336,10 @@ func TestClientIDAndUsernameLengthLimits(t *testing.T) {
 	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: strings.Repeat("x", 128)}); code != 0 {
 		t.Fatalf("128-byte client id: %#x", code)
 	}
+	// mochi's in-process client publishes the receipts: its id is reserved.
+	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "inline"}); code != 0x85 {
+		t.Fatalf("client id inline: %#x, want 0x85", code)
+	}
 }
 
 // Repeated wrong passwords from one address end in refusals that cost no
