@@ -174,6 +174,13 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return h.refuse(cl, refuseClientID, "client_id_not_bound")
 		}
 	}
+	if identity == "" && h.bind {
+		if _, isUser := h.users[cl.ID]; isUser {
+			// An anonymous client (where allowed) may not pose as a user
+			// of the users file, connected or not.
+			return h.refuse(cl, refuseClientID, "client_id_of_a_user")
+		}
+	}
 	// Whatever the binding, a session belongs to the identity that made it:
 	// nobody else takes it over (its subscriptions, its receipts).
 	if existing, ok := h.b.server.Clients.Get(cl.ID); ok {

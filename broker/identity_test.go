@@ -256,6 +256,11 @@ func TestAnonymousCannotTakeOverOwnedSession(t *testing.T) {
 	if _, code := rawConnect(t, e.addr, connectOpts{version: 4, id: "local-app", clean: true}); code != 0 {
 		t.Fatalf("anonymous local app: %d", code)
 	}
+	// nor use the id of a user in the users file while that user is away
+	e2 := start(t, "", "", buffer.Options{}, env...)
+	if _, code := rawConnect(t, e2.addr, connectOpts{version: 5, id: "term-b", clean: true}); code != 0x85 {
+		t.Fatalf("anonymous as an absent user's id: %#x, want 0x85", code)
+	}
 }
 
 // Attack 3: a will aimed at another terminal's topic is refused at CONNECT
