@@ -17,7 +17,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 	bbolt "go.etcd.io/bbolt"
 
@@ -52,6 +51,7 @@ type Broker struct {
 	ruleSet  atomic.Pointer[rules.Set]
 
 	tcp    []*tcpListener // for Addr()
+	ws     *wsListener
 	store  *sessionStore  // closed after the ackers, see Close
 	limits *sessionLimits
 
@@ -216,8 +216,9 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 		}
 	}
 	if cfg.MQTT.WebsocketAddress != "" {
-		ws := listeners.NewWebsocket(listeners.Config{ID: "ws", Address: cfg.MQTT.WebsocketAddress})
-		if err := b.server.AddListener(&guardedListener{Listener: ws, maxPacket: maxPacket, limits: limits}); err != nil {
+		ws := newWSListener("ws", cfg.MQTT.WebsocketAddress, maxPacket, limits)
+		b.ws = ws
+		if err := b.server.AddListener(ws); err != nil {
 			return fmt.Errorf("broker: mqtt.websocket_address %s: %w", cfg.MQTT.WebsocketAddress, err)
 		}
 	}
@@ -264,13 +265,16 @@ func (b *Broker) Start() error {
 // Listening reports whether the MQTT listeners are serving.
 func (b *Broker) Listening() bool { return b.listening.Load() }
 
-// Addr returns the bound address of a TCP listener ("tcp" or "tls"); useful
+// Addr returns the bound address of a listener ("tcp", "tls" or "ws"); useful
 // with ":0" in tests.
 func (b *Broker) Addr(id string) string {
 	for _, l := range b.tcp {
 		if l.id == id {
 			return l.Address()
 		}
+	}
+	if id == "ws" && b.ws != nil {
+		return b.ws.Address()
 	}
 	return ""
 }

@@ -306,18 +306,3 @@ func connectVersion(body []byte) byte {
 	}
 	return body[2+n]
 }
-
-// guardedListener gives another mochi listener (the websocket one) the same
-// bounds before CONNECT: a deadline and a CONNECT size limit.
-type guardedListener struct {
-	listeners.Listener
-	maxPacket uint32
-	limits    connLimits
-}
-
-func (l *guardedListener) Serve(establish listeners.EstablishFn) {
-	l.Listener.Serve(func(id string, c net.Conn) error {
-		_ = c.SetDeadline(time.Now().Add(l.limits.connectTimeout))
-		return establish(id, &frameGuard{Conn: c, max: l.maxPacket, maxConnect: l.limits.maxConnect})
-	})
-}
