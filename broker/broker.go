@@ -52,7 +52,7 @@ type Broker struct {
 
 	tcp    []*tcpListener // for Addr()
 	ws     *wsListener
-	store  *sessionStore  // closed after the ackers, see Close
+	store  *sessionStore // closed after the ackers, see Close
 	limits *sessionLimits
 
 	ackers    sync.WaitGroup
