@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CROSS_PKG ?= ./cmd/gateway
 CROSS_NAME ?= $(notdir $(CROSS_PKG))
 
-.PHONY: all build run test test-arm deps bench bench-receipts bench-resources cross fmt vet clean
+.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean
 
 all: build
 
@@ -57,7 +57,13 @@ deps:
 # Figures of the issue: gateway vs mochi without hook vs mosquitto (bench/run.sh).
 bench:
 	GO=$(GO) bench/run.sh
+	GO=$(GO) bench/wear.sh
 	GO=$(GO) bench/receipts.sh
+
+# Flash wear only: bytes written per delivered message at 10/100/1,000
+# msg/s, per persistent-session reconnect, and the buffer.commit_wait sweep.
+bench-wear:
+	GO=$(GO) bench/wear.sh
 
 # Figures of issue 3 only: receipts/s to 1,000 online terminals, payment->
 # receipt round trip through cmd/payproc at 200/s, 100,000 receipts to 10,000

@@ -53,6 +53,8 @@ type Sources struct {
 	DiskFile func() int64
 	// Quarantined is the path a corrupt buffer file was moved to at start, or "".
 	Quarantined func() string
+	// Buffer answers GET /buffer and /buffer/peek; nil: 404.
+	Buffer BufferView
 	// DiskBudget is buffer.max_disk_bytes; 0 means no budget is reported.
 	DiskBudget int64
 	// DiskBudgetNow, if set, is read instead of DiskBudget at request time,
@@ -175,6 +177,7 @@ func New(addr string, src Sources, logger *slog.Logger) (*Server, error) {
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /status", s.status)
 	mux.HandleFunc("GET /config", s.config)
+	s.bufferHandlers(mux)
 	// Profiles for diagnosing a box in the field, only when asked for.
 	if src.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)

@@ -16,9 +16,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/prometheus/client_golang/prometheus"
-	bbolt "go.etcd.io/bbolt"
 
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
@@ -159,13 +157,9 @@ func New(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if !opts.NoSessionStore {
-		store := &sessionStore{Hook: new(bolt.Hook), ingest: b.ingest, downlink: b.downlink}
+		store := newSessionStore(filepath.Join(cfg.DataDir, "sessions.db"), b.ingest, b.downlink, b.log)
 		b.store = store
-		err := b.server.AddHook(store, &bolt.Options{
-			Path:    filepath.Join(cfg.DataDir, "sessions.db"),
-			Options: &bbolt.Options{Timeout: 2e9, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-		})
-		if err != nil {
+		if err := b.server.AddHook(store, nil); err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
 	}
@@ -337,7 +331,7 @@ func (b *Broker) Close() error {
 		}
 		err = errors.Join(err, b.limits.close())
 		if b.store != nil {
-			err = errors.Join(err, b.store.Hook.Stop())
+			err = errors.Join(err, b.store.Close())
 		}
 	})
 	return err

@@ -204,7 +204,7 @@ func (s *sessionLimits) drop(cl *mqtt.Client) {
 	s.b.server.Clients.Delete(cl.ID)
 	s.forget(cl)
 	if s.b.store != nil {
-		s.b.store.Hook.OnClientExpired(cl)
+		s.b.store.OnClientExpired(cl)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -327,8 +328,9 @@ func FuzzRecordDecode(f *testing.F) {
 	})
 }
 
-// The dedup log keeps about its newest dedupLogKeep entries across prunes and
-// reopens: a recent retransmission is still recognised after both.
+// The dedup entries of delivered (purged) blocks move to the dedup log, which
+// keeps about its newest dedupLogKeep entries across prunes and reopens: a
+// recent retransmission is still recognised after both.
 func TestDedupLogPruneAndReload(t *testing.T) {
 	defer func(k int) { dedupLogKeep = k }(dedupLogKeep)
 	dedupLogKeep = 200
@@ -342,19 +344,35 @@ func TestDedupLogPruneAndReload(t *testing.T) {
 		return <-ch
 	}
 	for i := 1; i <= 1000; i++ {
-		send(b, i, false)
+		res := send(b, i, false)
+		// delivered at once, purged every 100: the log grows and is pruned
+		if err := b.Delete([]Ref{{Route: "r", Seq: res.Seq}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			if err := b.purge(true); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	var onDisk int
+	var onDisk, blocks int
 	b.db.View(func(tx *bolt.Tx) error {
+		blocks = tx.Bucket(blocksBucket).Stats().KeyN
 		return tx.Bucket(dedupBucket).ForEach(func(_, v []byte) error { onDisk += dedupCount(v); return nil })
 	})
-	if onDisk < 200 || onDisk > 2*200+2048 {
-		t.Fatalf("%d entries on disk after pruning, want about 200..400", onDisk)
+	if blocks != 0 {
+		t.Fatalf("%d delivered blocks left after purge", blocks)
+	}
+	if onDisk < 200 || onDisk > 2*200+100 {
+		t.Fatalf("%d entries on disk after pruning, want about 200..500", onDisk)
 	}
 	b.Close()
 	b = open(t, path, Options{})
 	if r := send(b, 999, true); !r.Duplicate {
 		t.Fatal("recent retransmission not recognised after prune and reopen")
+	}
+	if r := send(b, 5, true); r.Duplicate {
+		t.Fatal("a retransmission older than the kept log was taken for a duplicate")
 	}
 }
 
@@ -410,5 +428,36 @@ func TestDeleteThrough(t *testing.T) {
 	}
 	if len(got) != 15 {
 		t.Fatalf("read %d records, want 15", len(got))
+	}
+}
+
+func TestEpochKeptAcrossReopenAndNewForNewFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	b, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1 := b.Epoch()
+	if len(e1) != 32 {
+		t.Fatalf("epoch %q: want 32 hex chars", e1)
+	}
+	b.Close()
+	b, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Epoch(); got != e1 {
+		t.Fatalf("epoch changed across reopen: %q then %q", e1, got)
+	}
+	b.Close()
+	os.Remove(path)
+	b, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got := b.Epoch(); got == e1 {
+		t.Fatalf("a new file kept the old epoch %q", got)
 	}
 }

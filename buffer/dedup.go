@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"sort"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -88,8 +89,9 @@ type dedupRing struct {
 }
 
 type dedupIndex struct {
-	clients map[string]*dedupRing
-	logN    int // entries in the on-disk log
+	clients     map[string]*dedupRing
+	logN        int          // entries in the on-disk log
+	pendingLoad []dedupEntry // the live blocks' entries, while opening
 }
 
 func newDedupIndex() *dedupIndex { return &dedupIndex{clients: map[string]*dedupRing{}} }
@@ -132,65 +134,67 @@ func lookupBatch(batch []dedupEntry, k DedupKey, hash uint64) (uint64, bool) {
 	return 0, false
 }
 
-// load reads the newest dedupLogKeep entries of the on-disk log into memory.
-func (d *dedupIndex) load(bk *bolt.Bucket) error {
+// loadDedupLog reads the newest dedupLogKeep entries of the on-disk log
+// (the dedup entries of purged blocks), oldest first.
+func loadDedupLog(bk *bolt.Bucket) ([]dedupEntry, error) {
 	var batches [][]dedupEntry
 	total := 0
 	c := bk.Cursor()
 	for k, v := c.Last(); k != nil && total < dedupLogKeep; k, v = c.Prev() {
 		entries, err := decodeDedupBatch(v)
 		if err != nil {
-			return fmt.Errorf("buffer: dedup log: %w", err)
+			return nil, fmt.Errorf("buffer: dedup log: %w", err)
 		}
 		batches = append(batches, entries)
 		total += len(entries)
 	}
-	for i := len(batches) - 1; i >= 0; i-- { // oldest first, so rings end newest
-		for _, e := range batches[i] {
-			d.add(e)
-		}
+	out := make([]dedupEntry, 0, total)
+	for i := len(batches) - 1; i >= 0; i-- {
+		out = append(out, batches[i]...)
 	}
-	d.logN = total
-	return nil
+	return out, nil
 }
 
-func (d *dedupIndex) needsPrune() bool { return d.logN > 2*dedupLogKeep }
-
-// pruneDedup trims the on-disk log to about its newest dedupLogKeep entries.
-func (b *Buffer) pruneDedup() {
-	var removed int
-	b.dbMu.RLock()
-	defer b.dbMu.RUnlock()
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		removed = 0
-		bk := tx.Bucket(dedupBucket)
-		// walk back from the newest until dedupLogKeep entries are kept
-		kept := 0
-		c := bk.Cursor()
-		k, v := c.Last()
-		for ; k != nil && kept < dedupLogKeep; k, v = c.Prev() {
-			kept += dedupCount(v)
-		}
-		// collect first: deleting under a moving cursor skips keys
-		var keys [][]byte
-		for ; k != nil; k, v = c.Prev() {
-			keys = append(keys, append([]byte(nil), k...))
-			removed += dedupCount(v)
-		}
-		for _, k := range keys {
-			if err := bk.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		b.log.Warn("buffer: pruning the dedup log failed", "error", err)
-		return
+// load fills the index from the log and the live blocks' entries, in seq
+// order so each client's ring ends with its newest.
+func (d *dedupIndex) load(logged, recent []dedupEntry) {
+	all := append(logged, recent...)
+	sort.Slice(all, func(i, j int) bool { return all[i].seq < all[j].seq })
+	for _, e := range all {
+		d.add(e)
 	}
-	b.mu.Lock()
-	b.dedup.logN -= removed
-	b.mu.Unlock()
+	d.logN = len(logged)
+}
+
+// pruneDedupLog trims the on-disk log to about its newest dedupLogKeep
+// entries once it holds twice that, and reports how many it removed.
+func pruneDedupLog(bk *bolt.Bucket) (int, error) {
+	kept, total := 0, 0
+	c := bk.Cursor()
+	for k, v := c.Last(); k != nil; k, v = c.Prev() {
+		total += dedupCount(v)
+	}
+	if total <= 2*dedupLogKeep {
+		return 0, nil
+	}
+	// walk back from the newest until dedupLogKeep entries are kept
+	k, v := c.Last()
+	for ; k != nil && kept < dedupLogKeep; k, v = c.Prev() {
+		kept += dedupCount(v)
+	}
+	// collect first: deleting under a moving cursor skips keys
+	var keys [][]byte
+	removed := 0
+	for ; k != nil; k, v = c.Prev() {
+		keys = append(keys, append([]byte(nil), k...))
+		removed += dedupCount(v)
+	}
+	for _, k := range keys {
+		if err := bk.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return removed, nil
 }
 
 func dedupCount(v []byte) int {

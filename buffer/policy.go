@@ -57,13 +57,33 @@ func (l *Limits) policy(route string) Policy {
 // name from the next commit and expiry pass.
 func (b *Buffer) SetLimits(l Limits) { b.limits.Store(&l) }
 
-// changes tracks one transaction's effect on the per-route backlog.
+// changes tracks one commit's (or pass's) effect on the per-route backlog.
 type changes struct {
-	bytes   map[string]int64 // route bytes as the transaction sees them
-	added   map[string]*RouteStats
-	removed map[string]*RouteStats
+	bytes   map[string]int64 // route bytes as the commit sees them
 	drops   map[string]map[string]uint64
-	buckets map[string]*bolt.Bucket
+	removed map[string]int64 // bytes removed per route
+	evict   []evictRef       // records of earlier commits evicted, applied after commit
+	through map[string]uint64
+	pending map[string][]pendingRec // this commit's own records, oldest first
+	batchEv []batchEvict            // this commit's records evicted by later ones
+}
+
+type batchEvict struct {
+	route string
+	seq   uint64
+	size  int64
+}
+
+type evictRef struct {
+	key   uint64
+	pos   int
+	route string
+	size  int64
+}
+
+type pendingRec struct {
+	seq  uint64
+	size int64
 }
 
 func newChanges(snapshot map[string]int64) *changes {
@@ -71,42 +91,21 @@ func newChanges(snapshot map[string]int64) *changes {
 	for k, v := range snapshot {
 		bytes[k] = v
 	}
-	return &changes{bytes: bytes, added: map[string]*RouteStats{}, removed: map[string]*RouteStats{},
-		drops: map[string]map[string]uint64{}, buckets: map[string]*bolt.Bucket{}}
-}
-
-func (c *changes) bucket(tx *bolt.Tx, route string) (*bolt.Bucket, error) {
-	if bk := c.buckets[route]; bk != nil {
-		return bk, nil
-	}
-	bk, err := tx.CreateBucketIfNotExists([]byte(routePrefix + route))
-	if err != nil {
-		return nil, fmt.Errorf("route %q: %w", route, err)
-	}
-	c.buckets[route] = bk
-	return bk, nil
+	return &changes{bytes: bytes, drops: map[string]map[string]uint64{}, removed: map[string]int64{},
+		through: map[string]uint64{}, pending: map[string][]pendingRec{}}
 }
 
 func (c *changes) add(route string, size int64) {
-	st := c.added[route]
-	if st == nil {
-		st = &RouteStats{}
-		c.added[route] = st
-	}
-	st.Messages++
-	st.Bytes += size
 	c.bytes[route] += size
 }
 
+func (c *changes) addPending(route string, seq uint64, size int64) {
+	c.pending[route] = append(c.pending[route], pendingRec{seq, size})
+}
+
 func (c *changes) remove(route, reason string, n, size int64) {
-	st := c.removed[route]
-	if st == nil {
-		st = &RouteStats{}
-		c.removed[route] = st
-	}
-	st.Messages += n
-	st.Bytes += size
 	c.bytes[route] -= size
+	c.removed[route] += size
 	if reason != "" {
 		if c.drops[route] == nil {
 			c.drops[route] = map[string]uint64{}
@@ -114,8 +113,6 @@ func (c *changes) remove(route, reason string, n, size int64) {
 		c.drops[route][reason] += uint64(n)
 	}
 }
-
-func (c *changes) evicted() bool { return len(c.removed) > 0 }
 
 func (c *changes) total() int64 {
 	var t int64
@@ -125,23 +122,27 @@ func (c *changes) total() int64 {
 	return t
 }
 
-// apply folds a committed transaction into the in-memory counters; b.mu held.
-func (b *Buffer) apply(c *changes) {
-	for route, add := range c.added {
-		st := b.routes[route]
-		if st == nil {
-			st = &RouteStats{}
-			b.routes[route] = st
-		}
-		st.Messages += add.Messages
-		st.Bytes += add.Bytes
-	}
-	for route, rm := range c.removed {
-		if st := b.routes[route]; st != nil {
-			st.Messages -= rm.Messages
-			st.Bytes -= rm.Bytes
+// applyEvictions folds a committed transaction's evictions into the index
+// and the drop counters; b.mu held.
+func (b *Buffer) applyEvictions(c *changes) {
+	for _, e := range c.evict {
+		if i := b.idx.find(e.key); i >= 0 {
+			b.idx.remove(i, e.pos, b.idx.route(e.route), e.size)
 		}
 	}
+	if len(c.batchEv) > 0 {
+		// the commit's own block is the newest; its seqs have no gaps
+		i := len(b.idx.blocks) - 1
+		key := b.idx.blocks[i].key
+		for _, e := range c.batchEv {
+			b.idx.remove(i, int(e.seq-key), b.idx.route(e.route), e.size)
+		}
+	}
+	b.countDrops(c)
+}
+
+// countDrops adds a pass's drops to the counters; b.mu held.
+func (b *Buffer) countDrops(c *changes) {
 	for route, reasons := range c.drops {
 		if b.drops[route] == nil {
 			b.drops[route] = map[string]uint64{}
@@ -182,7 +183,7 @@ func (b *Buffer) Drops() map[string]map[string]uint64 {
 // makeRoom checks the route and global budgets for a record of size bytes,
 // evicting drop_oldest data where the rules allow. A reject route's data is
 // never evicted.
-func (b *Buffer) makeRoom(tx *bolt.Tx, c *changes, l *Limits, route string, size int64, now time.Time) error {
+func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, size int64) error {
 	if l == nil {
 		return nil
 	}
@@ -191,7 +192,7 @@ func (b *Buffer) makeRoom(tx *bolt.Tx, c *changes, l *Limits, route string, size
 		if p.OnFull != "drop_oldest" || size > p.MaxBytes {
 			return ErrRouteFull
 		}
-		if err := b.evictOldest(tx, c, route, c.bytes[route]+size-p.MaxBytes); err != nil {
+		if err := b.evictOldest(bk, c, route, c.bytes[route]+size-p.MaxBytes); err != nil {
 			return err
 		}
 	}
@@ -223,7 +224,7 @@ func (b *Buffer) makeRoom(tx *bolt.Tx, c *changes, l *Limits, route string, size
 				break
 			}
 			before := c.bytes[v]
-			if err := b.evictOldest(tx, c, v, min(need, before)); err != nil {
+			if err := b.evictOldest(bk, c, v, min(need, before)); err != nil {
 				return err
 			}
 			need -= before - c.bytes[v]
@@ -232,32 +233,49 @@ func (b *Buffer) makeRoom(tx *bolt.Tx, c *changes, l *Limits, route string, size
 	return nil
 }
 
-// evictOldest deletes a route's oldest records until at least need bytes are
-// free, counting them as drop_oldest.
-func (b *Buffer) evictOldest(tx *bolt.Tx, c *changes, route string, need int64) error {
-	bk, err := c.bucket(tx, route)
+// evictOldest plans the removal of a route's oldest records until at least
+// need bytes are free, counting them as drop_oldest: first those of earlier
+// commits, then this commit's own.
+func (b *Buffer) evictOldest(bk *bolt.Bucket, c *changes, route string, need int64) error {
+	var freed, n int64
+	view := func(fn func(get func([]byte) []byte) error) error { return fn(getter(bk)) }
+	err := b.scanRouteIn(view, route, c.through[route], func(h *blockHeader, _ []byte, i int) (bool, error) {
+		if freed >= need {
+			return false, nil
+		}
+		br := h.recs[i]
+		c.evict = append(c.evict, evictRef{key: h.key, pos: i, route: route, size: br.budgetSize()})
+		c.through[route] = br.seq
+		freed += br.budgetSize()
+		n++
+		return true, nil
+	})
 	if err != nil {
 		return err
 	}
-	var keys [][]byte
-	var freed int64
-	cur := bk.Cursor()
-	for k, v := cur.First(); k != nil && freed < need; k, v = cur.Next() {
-		keys = append(keys, append([]byte(nil), k...))
-		freed += int64(len(k) + len(v))
-	}
-	for _, k := range keys {
-		if err := bk.Delete(k); err != nil {
-			return err
+	for _, r := range c.pending[route] {
+		if freed >= need {
+			break
 		}
+		if r.seq <= c.through[route] {
+			continue
+		}
+		c.batchEv = append(c.batchEv, batchEvict{route, r.seq, r.size})
+		c.through[route] = r.seq
+		freed += r.size
+		n++
 	}
-	c.remove(route, DropDropOldest, int64(len(keys)), freed)
+	if n > 0 {
+		c.remove(route, DropDropOldest, n, freed)
+	}
 	return nil
 }
 
-// expire drops records older than their route's max_age, counting them. The
-// scan of a route stops at the first record a minute younger than the
-// cutoff: receive times are in arrival order up to scheduling jitter.
+// expire drops records older than their route's max_age, counting them. It
+// writes nothing: like deliveries, the removals reach the file with the next
+// purge. The scan of a route stops at the first record a minute younger than
+// the cutoff (receive times are in arrival order up to scheduling jitter),
+// and one pass removes at most expireMaxPerPass records.
 func (b *Buffer) expire() error {
 	l := b.limits.Load()
 	if l == nil {
@@ -274,53 +292,32 @@ func (b *Buffer) expire() error {
 			jobs = append(jobs, job{route, now.Add(-p.MaxAge)})
 		}
 	}
-	if len(jobs) == 0 {
-		return nil
-	}
-	b.dbMu.RLock()
-	defer b.dbMu.RUnlock()
-	var ch *changes
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		ch = newChanges(nil)
-		for _, j := range jobs {
-			bk := tx.Bucket([]byte(routePrefix + j.route))
-			if bk == nil {
-				continue
+	for _, j := range jobs {
+		var refs []Ref
+		b.dbMu.RLock()
+		err := b.scanRoute(j.route, 0, func(h *blockHeader, v []byte, i int) (bool, error) {
+			br := h.recs[i]
+			at, ok := receivedOf(v[br.off : br.off+br.size])
+			if ok && !at.Before(j.cutoff) {
+				return !at.After(j.cutoff.Add(time.Minute)), nil
 			}
-			var keys [][]byte
-			var freed int64
-			cur := bk.Cursor()
-			for k, v := cur.First(); k != nil; k, v = cur.Next() {
-				at, ok := receivedOf(v)
-				if ok && !at.Before(j.cutoff) {
-					if at.After(j.cutoff.Add(time.Minute)) {
-						break
-					}
-					continue
-				}
-				keys = append(keys, append([]byte(nil), k...))
-				freed += int64(len(k) + len(v))
-			}
-			for _, k := range keys {
-				if err := bk.Delete(k); err != nil {
-					return err
-				}
-			}
-			if len(keys) > 0 {
-				ch.remove(j.route, DropMaxAge, int64(len(keys)), freed)
-			}
+			refs = append(refs, Ref{Route: j.route, Seq: br.seq})
+			return len(refs) < expireMaxPerPass, nil
+		})
+		b.dbMu.RUnlock()
+		if err != nil {
+			return fmt.Errorf("buffer: expire: %w", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("buffer: expire: %w", err)
+		if _, err := b.removeRefs(refs, DropMaxAge); err != nil {
+			return fmt.Errorf("buffer: expire: %w", err)
+		}
 	}
-	b.mu.Lock()
-	b.apply(ch)
-	b.mu.Unlock()
-	b.logDrops(ch)
 	return nil
 }
+
+// expireMaxPerPass bounds the memory one expiry pass holds; the next pass
+// (a second later) continues.
+const expireMaxPerPass = 100_000
 
 // expired reports whether a stored record is past its route's max_age; the
 // drain skips such records (the next expiry pass deletes and counts them).
@@ -351,7 +348,13 @@ func (b *Buffer) janitor() {
 		if err := b.expire(); err != nil {
 			b.log.Error("buffer: expiry pass failed", "error", err)
 		}
+		if err := b.purge(false); err != nil {
+			b.log.Error("buffer: purging delivered blocks failed; will retry", "error", err)
+		}
 		if b.shouldCompact() {
+			if err := b.purge(true); err != nil {
+				b.log.Error("buffer: purging delivered blocks failed; will retry", "error", err)
+			}
 			if _, err := b.Compact(); err != nil {
 				b.log.Error("buffer: compaction failed; the old file stays in use", "error", err)
 			}
@@ -383,6 +386,10 @@ type CompactStats struct {
 // shrink by themselves). Appends queue meanwhile; nothing is lost: the old
 // file stays in place until the new one is complete and synced.
 func (b *Buffer) Compact() (CompactStats, error) {
+	// blocks already delivered need not be copied
+	if err := b.purge(true); err != nil {
+		return CompactStats{}, fmt.Errorf("buffer: compact: %w", err)
+	}
 	st := CompactStats{Before: b.FileSize()}
 	start := time.Now()
 	b.dbMu.Lock()
@@ -405,6 +412,8 @@ func (b *Buffer) Compact() (CompactStats, error) {
 		return st, fmt.Errorf("buffer: compact: %w", err)
 	}
 	dst.Close()
+	old := b.db.Stats()
+	b.pagesBefore.Add(uint64(old.TxStats.GetWrite()))
 	if err := b.db.Close(); err != nil {
 		os.Remove(tmp)
 		return st, fmt.Errorf("buffer: compact: closing the old file: %w", err)

@@ -105,6 +105,11 @@ type Window struct {
 // Buffer is the disk budget for undelivered uplink data.
 type Buffer struct {
 	MaxDiskBytes int64
+	// CommitWait is the longest a group commit waits for more publishes
+	// before its fsync: PUBACK latency traded for flash wear.
+	CommitWait time.Duration
+	// CommitMinRecords ends that wait as soon as this many are together.
+	CommitMinRecords int
 }
 
 // Route is one uplink rule.

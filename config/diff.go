@@ -86,6 +86,8 @@ func Flatten(c *Config) map[string]string {
 	num("link.urgent_priority", int64(c.Link.UrgentPriority))
 
 	num("buffer.max_disk_bytes", c.Buffer.MaxDiskBytes)
+	str("buffer.commit_wait", c.Buffer.CommitWait.String())
+	num("buffer.commit_min_records", int64(c.Buffer.CommitMinRecords))
 
 	for i, r := range c.Routes {
 		p := fmt.Sprintf("routes[%d].", i)

@@ -53,6 +53,8 @@ var defaults = map[string]any{
 	"link.windows":              []string{},
 	"link.urgent_priority":      "0",
 	"buffer.max_disk_bytes":     "1GiB",
+	"buffer.commit_wait":        "20ms",
+	"buffer.commit_min_records": "8",
 	"unrouted":                  "reject",
 	"receipts.kafka_topic":      "receipts.{gateway_id}",
 	"receipts.device_from":      "key",
@@ -138,7 +140,9 @@ type raw struct {
 		UrgentPriority    string   `mapstructure:"urgent_priority"`
 	} `mapstructure:"link"`
 	Buffer struct {
-		MaxDiskBytes string `mapstructure:"max_disk_bytes"`
+		MaxDiskBytes     string `mapstructure:"max_disk_bytes"`
+		CommitWait       string `mapstructure:"commit_wait"`
+		CommitMinRecords string `mapstructure:"commit_min_records"`
 	} `mapstructure:"buffer"`
 	Routes   []rawRoute `mapstructure:"routes"`
 	Unrouted string     `mapstructure:"unrouted"`

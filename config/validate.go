@@ -191,6 +191,11 @@ func (r *raw) validate() (*Config, error) {
 	if cfg.Buffer.MaxDiskBytes < 0 {
 		c.addf("buffer.max_disk_bytes", "must not be negative")
 	}
+	cfg.Buffer.CommitWait = c.duration("buffer.commit_wait", r.Buffer.CommitWait)
+	if cfg.Buffer.CommitWait < 0 || cfg.Buffer.CommitWait > 5*time.Second {
+		c.addf("buffer.commit_wait", "must be between 0 and 5s (it delays every PUBACK), not %v", cfg.Buffer.CommitWait)
+	}
+	cfg.Buffer.CommitMinRecords = int(c.integer("buffer.commit_min_records", r.Buffer.CommitMinRecords, 0, 2048))
 
 	// routes
 	names := map[string]int{}

@@ -67,9 +67,16 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 		Path:   filepath.Join(cfg.DataDir, "buffer.db"),
 		Logger: log.With("component", "buffer"),
 		Limits: bufferLimits(cfg, g.rules.Load()),
+		// the operator's trade of PUBACK latency for flash wear
+		CommitWait:       cfg.Buffer.CommitWait,
+		CommitMinRecords: cfg.Buffer.CommitMinRecords,
 	})
 	if err != nil {
 		return nil, err
+	}
+	reg.MustRegister(g.buf.Collector())
+	if _, ok := processWriteBytes(); ok {
+		reg.MustRegister(storageWritten())
 	}
 	g.brk, err = broker.New(broker.Options{
 		Config:     cfg,
@@ -151,6 +158,7 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		DiskBudgetNow: func() int64 { return g.cfg.Load().Buffer.MaxDiskBytes },
 		Drops:         func() map[string]map[string]uint64 { return drops(g.buf, g.brk) },
 		Quarantined:   g.buf.Quarantined,
+		Buffer:        g.buf,
 		Link: func() admin.LinkStatus {
 			l := g.brg.Link()
 			return admin.LinkStatus{State: l.State, LastAck: l.LastAck, DownSince: l.DownSince,

@@ -34,6 +34,8 @@ const usage = `usage:
   gateway status [--admin ADDR]  summary from a running gateway's admin endpoint
                  [--config FILE] [--token-file FILE]
   gateway version                version, commit, Go version, platform
+  gateway buffer ls|peek|stats --data-dir DIR
+                                 read-only look inside the buffer
   gateway passwd USER            read a password, print a users-file line (bcrypt)
 `
 
@@ -61,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "buffer":
+		return cmdBuffer(args[1:], stdout, stderr)
 	case "passwd":
 		return cmdPasswd(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-v":

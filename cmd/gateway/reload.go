@@ -232,6 +232,7 @@ func (g *gateway) applyHot(cfg *config.Config) {
 	g.rules.Store(rs)
 	if g.buf != nil {
 		g.buf.SetLimits(bufferLimits(cfg, rs))
+		g.buf.SetCommitWait(cfg.Buffer.CommitWait, cfg.Buffer.CommitMinRecords)
 	}
 	if g.brk != nil {
 		g.brk.SetRules(rs)

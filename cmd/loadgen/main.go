@@ -38,6 +38,7 @@ type config struct {
 	topic         string
 	prefix        string
 	idle          bool
+	subscribe     string // with idle: a topic each client subscribes to ({client} = its id)
 	username      string
 	password      string
 	jsonOut       bool
@@ -113,6 +114,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.topic, "topic", "terminals/{client}/telemetry", "topic template: {client} = client id, {n} = client index")
 	fs.StringVar(&c.prefix, "client-prefix", "loadgen-", "client id prefix (id = prefix + index)")
 	fs.BoolVar(&c.idle, "idle", false, "only connect the clients and keep them idle for -duration")
+	fs.StringVar(&c.subscribe, "subscribe", "", "with -idle: each client subscribes (QoS 1) to this topic ({client} = its id), as a terminal does to its receipts")
 	fs.StringVar(&c.username, "username", "", "MQTT username")
 	fs.StringVar(&c.password, "password", "", "MQTT password")
 	fs.BoolVar(&c.jsonOut, "json", false, "print one JSON line with the results")
@@ -232,6 +234,14 @@ func run(cfg config) result {
 				return res
 			}
 			rts = append(rts, s)
+		}
+	}
+	if cfg.idle && cfg.subscribe != "" {
+		for _, c := range clients {
+			tok := c.cl.Subscribe(strings.ReplaceAll(cfg.subscribe, "{client}", c.id), 1, func(mqtt.Client, mqtt.Message) {})
+			if !tok.WaitTimeout(cfg.timeout) || tok.Error() != nil {
+				st.fail(&st.errors, fmt.Errorf("%s: subscribe: %v", c.id, tok.Error()))
+			}
 		}
 	}
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)

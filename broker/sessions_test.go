@@ -1,0 +1,137 @@
+package broker
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	mochibolt "github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgegw/gateway/buffer"
+)
+
+func persistentClient(t *testing.T, addr, id string) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(false).
+		SetAutoReconnect(false).SetConnectRetry(false)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	return c
+}
+
+// sessionCommits is how many pages the session store has written.
+func sessionPages(e *env) int64 {
+	st := e.brk.store.db.Stats()
+	return st.TxStats.GetWrite()
+}
+
+// Flash wear: a clean session writes nothing; a persistent terminal that
+// reconnects and subscribes to what it already had writes nothing; a new
+// subscription is written (once, behind) and restored after a restart.
+func TestSessionStoreWritesOnlyChanges(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir, "", buffer.Options{})
+	settle := func() { time.Sleep(sessionFlushEvery + 300*time.Millisecond) }
+
+	before := sessionPages(e)
+	for i := 0; i < 5; i++ {
+		c := pahoClient(t, e.addr, fmt.Sprintf("clean-%d", i), nil)
+		c.Subscribe(fmt.Sprintf("terminals/clean-%d/receipts", i), 1, nil).WaitTimeout(5 * time.Second)
+		c.Disconnect(0)
+	}
+	settle()
+	if w := sessionPages(e) - before; w != 0 {
+		t.Fatalf("clean sessions wrote %d pages to sessions.db; want none", w)
+	}
+
+	// first connection of a persistent terminal: stored
+	c := persistentClient(t, e.addr, "term-p")
+	if tok := c.Subscribe("terminals/term-p/receipts", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := c.Subscribe("terminals/term-p/cmd", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	c.Disconnect(0)
+	settle()
+	if sessionPages(e) == before {
+		t.Fatal("a persistent session was not written")
+	}
+	// the same terminal reconnects: nothing changed, nothing written
+	before = sessionPages(e)
+	for i := 0; i < 3; i++ {
+		c = persistentClient(t, e.addr, "term-p")
+		c.Subscribe("terminals/term-p/receipts", 1, nil).WaitTimeout(5 * time.Second)
+		c.Disconnect(0)
+	}
+	settle()
+	if w := sessionPages(e) - before; w != 0 {
+		t.Fatalf("reconnects of an unchanged persistent session wrote %d pages; want none", w)
+	}
+	e.stop()
+
+	// after a restart the subscription is there: a message published while
+	// the terminal is offline reaches it when it reconnects
+	e = start(t, dir, "unrouted: local\nacl: {subscribe: ['#'], publish: ['#']}\n", buffer.Options{})
+	pub := pahoClient(t, e.addr, "edge-app", nil)
+	if tok := pub.Publish("terminals/term-p/cmd", 1, false, "r1"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	got := make(chan string, 1)
+	o := paho.NewClientOptions().AddBroker("tcp://" + e.addr).SetClientID("term-p").SetCleanSession(false).
+		SetAutoReconnect(false).SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
+	c = paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(0)
+	select {
+	case m := <-got:
+		if m != "r1" {
+			t.Fatalf("got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stored subscription did not survive the restart")
+	}
+}
+
+// A sessions.db written by mochi's own bbolt hook (the first release) opens
+// with its clients and subscriptions.
+func TestSessionStoreReadsMochiFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sessions.db")
+	old := new(mochibolt.Hook)
+	if err := old.Init(&mochibolt.Options{Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	cl := &mqtt.Client{ID: "term-old"}
+	cl.Properties.ProtocolVersion = 4
+	old.OnSessionEstablished(cl, packets.Packet{})
+	old.OnSubscribed(cl, packets.Packet{Filters: packets.Subscriptions{{Filter: "terminals/term-old/receipts", Qos: 1}}}, []byte{1})
+	old.OnSysInfoTick(new(system.Info))
+	old.Stop()
+
+	s := newSessionStore(path, nil, nil, nil)
+	if err := s.Init(nil); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	clients, _ := s.StoredClients()
+	subs, _ := s.StoredSubscriptions()
+	if len(clients) != 1 || clients[0].ID != "term-old" || len(subs) != 1 || subs[0].Filter != "terminals/term-old/receipts" {
+		t.Fatalf("from a mochi-written file: clients %+v subscriptions %+v", clients, subs)
+	}
+	if _, err := s.StoredSysInfo(); err != nil {
+		t.Fatal(err)
+	}
+	_ = storage.ClientKey
+}
