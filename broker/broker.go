@@ -165,12 +165,7 @@ func New(opts Options) (*Broker, error) {
 	}
 
 	b.limits = &sessionLimits{b: b, log: lg, expiry: cfg.MQTT.MaxSessionExpiry, max: cfg.MQTT.MaxSessions,
-		now: time.Now, offline: map[string]time.Time{}, pending: map[string]time.Time{}}
-	if !opts.NoSessionStore {
-		if err := b.limits.openMeta(filepath.Join(cfg.DataDir, metaFileName)); err != nil {
-			return nil, err
-		}
-	}
+		now: time.Now, offline: map[string]time.Time{}}
 	if err := b.server.AddHook(b.limits, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -182,7 +177,6 @@ func New(opts Options) (*Broker, error) {
 	}
 
 	if err := b.addListeners(cfg); err != nil {
-		b.limits.close()
 		return nil, err
 	}
 	return b, nil

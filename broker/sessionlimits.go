@@ -3,14 +3,12 @@ package broker
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	bbolt "go.etcd.io/bbolt"
 )
 
 // sessionLimits bounds the sessions of offline clients (DESIGN invariant
@@ -18,14 +16,15 @@ import (
 // client asked), also across restarts, and beyond max_sessions the
 // longest-offline go first.
 //
-// mochi v2.7.9 keeps neither bound across a restart: its session store
-// does not record when a client left, so every restored session starts its
-// expiry again at the restart, and it restores no session's own expiry
-// (all get the server maximum). So the time each client went offline is
-// kept here, in a small file of its own (sessions-meta.db), written in
-// batches every metaFlush and on Close, never on the connect path: a crash
-// loses at most that much, and a session whose time is lost counts as
-// offline since the restart (kept longer, never dropped early).
+// mochi v2.7.9 keeps neither bound across a restart: its session records
+// say nothing of when a client left, so every restored session would start
+// its expiry again at the restart, and no restored session keeps its own
+// expiry (all get the server maximum). So at shutdown the time each offline
+// client left is written to the session store (key offlineKeyPrefix + id),
+// with a mark that the shutdown was clean, in the store's last commit: a
+// reconnect writes nothing (flash). After a crash there is no mark, and the
+// sessions count as offline since the restart: kept longer, never dropped
+// early.
 type sessionLimits struct {
 	mqtt.HookBase
 	b      *Broker
@@ -34,23 +33,15 @@ type sessionLimits struct {
 	max    int           // mqtt.max_sessions
 	now    func() time.Time
 
-	db *bbolt.DB // nil: nothing persisted (no session store)
-
 	mu      sync.Mutex
 	offline map[string]time.Time // client id -> when it left; only sessions still held
-	pending map[string]time.Time // to write: zero time = delete
 	quit    chan struct{}
 	done    chan struct{}
 	closed  bool
 }
 
-const (
-	metaFlush    = 5 * time.Second
-	expiryCheck  = time.Second
-	metaFileName = "sessions-meta.db"
-)
-
-var metaBucket = []byte("offline-since")
+// expiryCheck is how often offline sessions are checked for expiry.
+const expiryCheck = time.Second
 
 func (s *sessionLimits) ID() string { return "gateway-session-limits" }
 
@@ -62,21 +53,21 @@ func (s *sessionLimits) Provides(b byte) bool {
 	return false
 }
 
-// openMeta opens (or creates) the file of offline times.
-func (s *sessionLimits) openMeta(path string) error {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
-	if err != nil {
-		return fmt.Errorf("broker: %s: %w", path, err)
+// cleanShutdownKey marks that the offline times were written at a clean
+// shutdown (the value is its time).
+const cleanShutdownKey = "GWCLEAN"
+
+// save writes every offline session's time and the clean-shutdown mark.
+func (s *sessionLimits) save() {
+	if s.b.store == nil {
+		return
 	}
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(metaBucket)
-		return err
-	}); err != nil {
-		db.Close()
-		return fmt.Errorf("broker: %s: %w", path, err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, t := range s.offline {
+		s.b.store.set(offlineKeyPrefix+id, binary.BigEndian.AppendUint64(nil, uint64(t.Unix())))
 	}
-	s.db = db
-	return nil
+	s.b.store.set(cleanShutdownKey, binary.BigEndian.AppendUint64(nil, uint64(s.now().Unix())))
 }
 
 // restore runs once mochi has loaded the stored sessions: each gets back the
@@ -85,15 +76,20 @@ func (s *sessionLimits) openMeta(path string) error {
 // flush loop starts.
 func (s *sessionLimits) restore() {
 	since := map[string]time.Time{}
-	if s.db != nil {
-		_ = s.db.View(func(tx *bbolt.Tx) error {
-			return tx.Bucket(metaBucket).ForEach(func(k, v []byte) error {
-				if len(v) == 8 {
-					since[string(k)] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
-				}
-				return nil
-			})
-		})
+	clean := false
+	if s.b.store != nil {
+		for id, v := range s.b.store.withPrefix(offlineKeyPrefix) {
+			if len(v) == 8 {
+				since[id] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
+			}
+			s.b.store.del(offlineKeyPrefix + id) // valid for this start only
+		}
+		if _, clean = s.b.store.withPrefix(cleanShutdownKey)[""]; clean {
+			s.b.store.del(cleanShutdownKey)
+		}
+	}
+	if !clean {
+		since = map[string]time.Time{} // after a crash: offline since now
 	}
 	now := s.now()
 	s.mu.Lock()
@@ -113,13 +109,9 @@ func (s *sessionLimits) restore() {
 		s.offline[id] = t
 		delete(since, id)
 	}
-	for id := range since {
-		s.pending[id] = time.Time{} // no such session any more
-	}
 	s.mu.Unlock()
 	s.expire(now)
 	s.evict()
-	s.flush()
 	s.quit, s.done = make(chan struct{}), make(chan struct{})
 	go s.loop()
 }
@@ -128,16 +120,12 @@ func (s *sessionLimits) loop() {
 	defer close(s.done)
 	exp := time.NewTicker(expiryCheck)
 	defer exp.Stop()
-	fl := time.NewTicker(metaFlush)
-	defer fl.Stop()
 	for {
 		select {
 		case <-s.quit:
 			return
 		case <-exp.C:
 			s.expire(s.now())
-		case <-fl.C:
-			s.flush()
 		}
 	}
 }
@@ -214,7 +202,6 @@ func (s *sessionLimits) forget(cl *mqtt.Client) {
 	cl.ClearInflights()
 	s.mu.Lock()
 	delete(s.offline, cl.ID)
-	s.pending[cl.ID] = time.Time{}
 	s.mu.Unlock()
 }
 
@@ -223,10 +210,7 @@ func (s *sessionLimits) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet)
 		return
 	}
 	s.mu.Lock()
-	if _, ok := s.offline[cl.ID]; ok {
-		delete(s.offline, cl.ID)
-		s.pending[cl.ID] = time.Time{}
-	}
+	delete(s.offline, cl.ID)
 	s.mu.Unlock()
 	if s.b.server.Clients.Len()-1 > s.max {
 		s.evict()
@@ -243,7 +227,6 @@ func (s *sessionLimits) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	now := s.now()
 	s.mu.Lock()
 	s.offline[cl.ID] = now
-	s.pending[cl.ID] = now
 	s.mu.Unlock()
 }
 
@@ -252,39 +235,9 @@ func (s *sessionLimits) OnClientExpired(cl *mqtt.Client) {
 	s.forget(cl)
 }
 
-// flush writes the pending offline times in one transaction.
-func (s *sessionLimits) flush() {
-	s.mu.Lock()
-	if len(s.pending) == 0 || s.db == nil {
-		s.pending = map[string]time.Time{}
-		s.mu.Unlock()
-		return
-	}
-	batch := s.pending
-	s.pending = map[string]time.Time{}
-	s.mu.Unlock()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(metaBucket)
-		for id, t := range batch {
-			var err error
-			if t.IsZero() {
-				err = b.Delete([]byte(id))
-			} else {
-				err = b.Put([]byte(id), binary.BigEndian.AppendUint64(nil, uint64(t.Unix())))
-			}
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		s.log.Warn("broker: writing session offline times failed; affected sessions count as offline since the next start", "error", err)
-	}
-}
-
-// close stops the loop, writes what is pending and closes the file. Safe
-// to call twice and before restore.
+// close stops the expiry loop and hands the offline times to the session
+// store, which writes them when it closes (after this, once every client
+// has gone). Safe to call twice and before restore.
 func (s *sessionLimits) close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -296,10 +249,7 @@ func (s *sessionLimits) close() error {
 	if s.quit != nil {
 		close(s.quit)
 		<-s.done
-	}
-	s.flush()
-	if s.db != nil {
-		return s.db.Close()
+		s.save()
 	}
 	return nil
 }
