@@ -12,6 +12,8 @@
 #   (c) publish->PUBACK p99 at 1,000 msg/s spread over 100 clients
 #   (d) RSS of a fresh gateway with 1,000 idle clients connected
 #   (e) drain of a backlog vs bare sarama, also with kafka.exactly_once
+#   (f) RSS under hostile connections: silent, oversized CONNECTs, offline sessions
+#       (cmd/resbench, also `make bench-resources`)
 #   nats-server 2.15 MQTT on JetStream with sync_interval: always (the durable
 #   peer) in (a) and (b); a bench-only tool installed into bin/tools with
 #   `go install`, never a dependency of the gateway.
