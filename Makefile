@@ -4,7 +4,9 @@
 GO      ?= go
 BIN     := bin
 DIST    := dist
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The release: `git describe` of the last v* tag (v0.3.0 -> 0.3.0; commits
+# after it -> 0.3.0-5-gabc1234), else the VERSION file.
+VERSION ?= $(shell (git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null || echo v$$(cat VERSION)) | sed 's/^v//')
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # main.version and main.commit are read by `gateway version`.
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
@@ -13,7 +15,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CROSS_PKG ?= ./cmd/gateway
 CROSS_NAME ?= $(notdir $(CROSS_PKG))
 
-.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean
+.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean deb deb-lint
 
 all: build
 
@@ -87,6 +89,27 @@ cross:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(DIST)/$(CROSS_NAME)-linux-arm64 $(CROSS_PKG)
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(DIST)/$(CROSS_NAME)-linux-armv7 $(CROSS_PKG)
 	@ls -l $(DIST)/$(CROSS_NAME)-linux-arm64 $(DIST)/$(CROSS_NAME)-linux-armv7
+
+# Debian packages for the boxes and for amd64: dist/gateway_VERSION_ARCH.deb
+# (binary, hardened systemd unit, /etc/gateway/config.yaml as a conffile,
+# user and state directory made by postinst; see docs/operations.md). The
+# packager is scripts/mkdeb (nfpm as a library, its own go.mod): only Go is
+# needed. Debian arch -> Go: amd64 -> amd64, arm64 -> arm64, armhf -> arm GOARM=7.
+DEB_ARCHS := amd64:amd64: arm64:arm64: armhf:arm:7
+deb:
+	@mkdir -p $(DIST)
+	@set -e; for a in $(DEB_ARCHS); do \
+		deb=$${a%%:*}; rest=$${a#*:}; goarch=$${rest%%:*}; goarm=$${rest#*:}; \
+		echo "deb: $$deb"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$goarch GOARM=$$goarm $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' \
+			-o $(DIST)/gateway-linux-$$deb ./cmd/gateway; \
+		(cd scripts/mkdeb && $(GO) run . -root $(CURDIR) -bin $(CURDIR)/$(DIST)/gateway-linux-$$deb \
+			-arch $$deb -version '$(VERSION)' -out $(CURDIR)/$(DIST)); \
+	done
+
+# lintian on the packages (apt-get install lintian); errors fail, warnings print.
+deb-lint: deb
+	lintian --fail-on error --tag-display-limit 0 $(DIST)/gateway_*.deb
 
 # The test suite compiled for arm64 and armv7, run under qemu user emulation
 # (apt-get install qemu-user-static). No -race: it needs cgo on ARM.

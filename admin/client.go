@@ -118,7 +118,7 @@ func PrintStatus(w io.Writer, st *Status) {
 		}
 		_ = tw.Flush()
 		if removed {
-			fmt.Fprintln(w, "* no longer configured; still draining what it buffered")
+			fmt.Fprintln(w, "* no longer configured; what it buffered drains first (older than anything newer routes hold)")
 		}
 		fmt.Fprintln(w)
 	}

@@ -275,9 +275,9 @@ func routeReports(src *Sources, now time.Time, rate float64) []RouteReport {
 // estimateDrain fills EstimatedDrainSeconds. The drain reads strictly by
 // priority (then FIFO, so routes of equal priority drain interleaved): a
 // route is through once its own backlog and that of every route with the
-// same or a more urgent priority has gone. Routes no longer configured are
-// assumed to drain last. The estimate counts messages, since RecentRate is
-// in records per second.
+// same or a more urgent priority has gone. Routes no longer configured drain
+// first (see rules.OrphanPriority). The estimate counts messages, since
+// RecentRate is in records per second.
 func estimateDrain(routes []RouteReport, rate float64) {
 	for i := range routes {
 		r := &routes[i]
@@ -304,10 +304,10 @@ func estimateDrain(routes []RouteReport, rate float64) {
 // drainsNoLaterThan reports whether a's backlog is drained before, or
 // together with, b's.
 func drainsNoLaterThan(a, b *RouteReport) bool {
-	if b.Priority == nil {
-		return true // b drains last: everything is ahead of it
-	}
 	if a.Priority == nil {
+		return true // unconfigured routes drain first
+	}
+	if b.Priority == nil {
 		return false
 	}
 	return *a.Priority <= *b.Priority

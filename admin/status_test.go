@@ -32,7 +32,7 @@ func TestEstimatedDrainWithPriorities(t *testing.T) {
 		"telemetry": {Messages: 300},
 		"events":    {Messages: 100},
 		"alarms":    {Messages: 0},
-		"old":       {Messages: 50}, // no longer configured: drains last
+		"old":       {Messages: 50}, // no longer configured: drains first
 		"gone":      {Messages: 0},  // empty and unconfigured: not listed
 	}
 	rate := 10.0
@@ -52,12 +52,12 @@ func TestEstimatedDrainWithPriorities(t *testing.T) {
 		t.Errorf("route order = %v, want config order then unconfigured: %s", order, want)
 	}
 	want := map[string]string{
-		"payments":  "10",  // 100 / 10
+		"old":       "5",   // unconfigured drains first: its own 50 / 10
+		"payments":  "15",  // (50 + 100) / 10
 		"alarms":    "0",   // empty: nothing to wait for, whatever is ahead
-		"telemetry": "50",  // (100 + 300 + 100) / 10: equal priorities drain together
-		"events":    "50",  // same group as telemetry
-		"bulk":      "150", // (100 + 300 + 100 + 1000) / 10
-		"old":       "155", // everything, then its own 50
+		"telemetry": "55",  // (50 + 100 + 300 + 100) / 10: equal priorities drain together
+		"events":    "55",  // same group as telemetry
+		"bulk":      "155", // (50 + 100 + 300 + 100 + 1000) / 10
 	}
 	for name, w := range want {
 		if got[name] != w {

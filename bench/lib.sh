@@ -75,3 +75,50 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 jget() { grep -o "\"$1\":[-0-9.e+]*" <<<"$2" | head -1 | cut -d: -f2; }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# start_devkafka: the local Kafka-protocol cluster on a free port; sets
+# KAFKA_PORT and KAFKA_PID.
+start_devkafka() {
+	free_port; KAFKA_PORT=$FREE_PORT
+	bin/devkafka -addr "127.0.0.1:$KAFKA_PORT" -data-dir "$TMP/kafka" \
+		-topics telemetry,receipts.bench,receipts.delivered >"$TMP/devkafka.log" 2>&1 &
+	KAFKA_PID=$!
+	PIDS+=("$KAFKA_PID")
+	wait_port "$KAFKA_PORT" "$KAFKA_PID" devkafka
+}
+
+# NATS: nats-server, the durable MQTT peer (bench only, never a dependency of
+# the gateway), installed into bin/tools with `go install` unless
+# BENCH_INSTALL=0.
+NATS=bin/tools/nats-server
+ensure_nats() {
+	if [ ! -x "$NATS" ] && [ "${BENCH_INSTALL:-1}" = 1 ]; then
+		log "installing nats-server v2.15.2 into bin/tools (bench only)"
+		GOBIN="$(pwd)/bin/tools" timeout 600 "${GO:-go}" install github.com/nats-io/nats-server/v2@v2.15.2 \
+			>"$TMP/nats-install.log" 2>&1 || true
+	fi
+	[ -x "$NATS" ]
+}
+
+# start_nats NAME: nats-server with MQTT on JetStream, sync_interval: always
+# (its durable setting), on free ports; sets NATS_PORT (MQTT) and NATS_PID.
+start_nats() {
+	local client
+	free_port; NATS_PORT=$FREE_PORT
+	free_port; client=$FREE_PORT
+	cat >"$TMP/$1.conf" <<-EOF
+		server_name: $1
+		listen: 127.0.0.1:$client
+		jetstream {
+		  store_dir: "$TMP/$1"
+		  sync_interval: always
+		}
+		mqtt {
+		  listen: 127.0.0.1:$NATS_PORT
+		}
+	EOF
+	"$NATS" -c "$TMP/$1.conf" >"$TMP/$1.log" 2>&1 &
+	NATS_PID=$!
+	PIDS+=("$NATS_PID")
+	wait_port "$NATS_PORT" "$NATS_PID" "$1"
+}

@@ -87,25 +87,15 @@ if [ "$HAVE_MOSQ" = 1 ] && ! command -v mosquitto >/dev/null 2>&1; then
 fi
 
 HAVE_NATS=1
-NATS=bin/tools/nats-server
 if [ "${BENCH_SKIP_NATS:-0}" = 1 ]; then
 	HAVE_NATS=0
-elif [ ! -x "$NATS" ] && [ "${BENCH_INSTALL:-1}" = 1 ]; then
-	log "installing nats-server v2.15.2 into bin/tools (bench only)"
-	GOBIN="$ROOT/bin/tools" timeout 600 "$GO" install github.com/nats-io/nats-server/v2@v2.15.2 >"$TMP/nats-install.log" 2>&1 || true
-fi
-if [ "$HAVE_NATS" = 1 ] && [ ! -x "$NATS" ]; then
+elif ! ensure_nats; then
 	HAVE_NATS=0
-	echo "nats-server: SKIPPED, could not be installed (see go install github.com/nats-io/nats-server/v2@v2.15.2)" >&2
+	echo "nats-server: SKIPPED, could not be installed (go install github.com/nats-io/nats-server/v2@v2.15.2)" >&2
 fi
 
 # ---------------------------------------------------------------- start
-free_port; KAFKA_PORT=$FREE_PORT
-bin/devkafka -addr "127.0.0.1:$KAFKA_PORT" -data-dir "$TMP/kafka" \
-	-topics telemetry,receipts.bench,receipts.delivered >"$TMP/devkafka.log" 2>&1 &
-KAFKA_PID=$!
-PIDS+=("$KAFKA_PID")
-wait_port "$KAFKA_PORT" "$KAFKA_PID" devkafka
+start_devkafka
 
 free_port; BB_PORT=$FREE_PORT
 bin/benchbroker -addr "127.0.0.1:$BB_PORT" >"$TMP/benchbroker.log" 2>&1 &
@@ -165,23 +155,7 @@ fi
 
 NATS_PORT=
 if [ "$HAVE_NATS" = 1 ]; then
-	free_port; NATS_PORT=$FREE_PORT
-	free_port; nats_client=$FREE_PORT
-	cat >"$TMP/nats.conf" <<-EOF
-		server_name: bench
-		listen: 127.0.0.1:$nats_client
-		jetstream {
-		  store_dir: "$TMP/nats"
-		  sync_interval: always
-		}
-		mqtt {
-		  listen: 127.0.0.1:$NATS_PORT
-		}
-	EOF
-	"$NATS" -c "$TMP/nats.conf" >"$TMP/nats.log" 2>&1 &
-	NATS_PID=$!
-	PIDS+=("$NATS_PID")
-	wait_port "$NATS_PORT" "$NATS_PID" nats
+	start_nats nats
 	echo "nats-server: $("$NATS" --version 2>/dev/null), MQTT on JetStream, sync_interval: always" >&2
 fi
 

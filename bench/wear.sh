@@ -38,12 +38,7 @@ for c in gateway devkafka loadgen; do
 	"$GO" build -o "bin/$c" "./cmd/$c" || die "build ./cmd/$c failed"
 done
 
-free_port; KAFKA_PORT=$FREE_PORT
-bin/devkafka -addr "127.0.0.1:$KAFKA_PORT" -data-dir "$TMP/kafka" \
-	-topics telemetry,receipts.bench,receipts.delivered >"$TMP/devkafka.log" 2>&1 &
-KAFKA_PID=$!
-PIDS+=("$KAFKA_PID")
-wait_port "$KAFKA_PORT" "$KAFKA_PID" devkafka
+start_devkafka
 
 write_bytes() { awk '/^write_bytes:/ {print $2}' "/proc/$1/io"; }
 
@@ -123,42 +118,22 @@ stop "$GW_PID"
 echo "  per reconnect: ${RC[*]} bytes" >&2
 
 # The durable peer: nats-server's MQTT on JetStream, sync_interval: always.
-NATS=bin/tools/nats-server
-if [ ! -x "$NATS" ] && [ "${BENCH_INSTALL:-1}" = 1 ] && [ "${BENCH_SKIP_NATS:-0}" != 1 ]; then
-	GOBIN="$ROOT/bin/tools" timeout 600 "$GO" install github.com/nats-io/nats-server/v2@v2.15.2 >"$TMP/nats-install.log" 2>&1 || true
-fi
 NW=()
-if [ -x "$NATS" ] && [ "${BENCH_SKIP_NATS:-0}" != 1 ]; then
+if [ "${BENCH_SKIP_NATS:-0}" != 1 ] && ensure_nats; then
 	log "nats-server MQTT on JetStream (sync_interval: always) at 100 msg/s"
 	for ((run = 1; run <= RUNS; run++)); do
-		free_port; np=$FREE_PORT
-		free_port; nc=$FREE_PORT
-		cat >"$TMP/nats-$run.conf" <<-EOF
-			server_name: wear
-			listen: 127.0.0.1:$nc
-			jetstream {
-			  store_dir: "$TMP/nats-$run"
-			  sync_interval: always
-			}
-			mqtt {
-			  listen: 127.0.0.1:$np
-			}
-		EOF
-		"$NATS" -c "$TMP/nats-$run.conf" >"$TMP/nats-$run.log" 2>&1 &
-		npid=$!
-		PIDS+=("$npid")
-		wait_port "$np" "$npid" "nats-$run"
+		start_nats "nats-$run"
 		sleep 1
-		b=$(write_bytes "$npid")
-		line=$(timeout 300 bin/loadgen -broker "tcp://127.0.0.1:$np" -json -clients 100 -rate 100 \
+		b=$(write_bytes "$NATS_PID")
+		line=$(timeout 300 bin/loadgen -broker "tcp://127.0.0.1:$NATS_PORT" -json -clients 100 -rate 100 \
 			-duration "$DUR" -size 200 2>>"$TMP/loadgen.err" || echo '{}')
 		sleep 2
-		a=$(write_bytes "$npid")
+		a=$(write_bytes "$NATS_PID")
 		n=$(jget acked "$line")
 		w=$(awk -v a="$a" -v b="$b" -v n="${n:-0}" 'BEGIN { if (n+0==0) print "-"; else printf "%.0f", (a-b)/n }')
 		NW+=("$w")
 		printf '  nats run %d: %6s B/msg written, p99 %s ms, %s acknowledged\n' "$run" "$w" "$(jget p99_ms "$line")" "$n" >&2
-		stop "$npid"
+		stop "$NATS_PID"
 	done
 fi
 

@@ -18,6 +18,7 @@ import (
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
 	"github.com/edgegw/gateway/internal/testkit"
+	"github.com/edgegw/gateway/rules"
 )
 
 const gwID = "edge-test"
@@ -461,5 +462,33 @@ func TestNewValidates(t *testing.T) {
 	}
 	if _, err := New(buf, good); err == nil {
 		t.Error("second bridge on the same registry accepted")
+	}
+}
+
+// A route renamed by a reload leaves a backlog under its old name: it drains
+// before the new route's newer messages, so one client's records reach Kafka
+// in publish order across the rename (one partition: the order is Kafka's).
+func TestRenamedRouteBacklogDrainsFirst(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(1, "payments"))
+	buf := openBuffer(t)
+	var want []uint64
+	for i, route := range []string{"pay-old", "pay-old", "pay-old", "payments", "payments"} {
+		res, err := buf.AppendWait(buffer.Record{Route: route, Received: time.Now(), KafkaTopic: "payments",
+			Key: []byte("t1"), ClientID: "t1", MQTTTopic: "terminals/t1/payments", Payload: []byte(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, res.Seq)
+	}
+	rs := rules.Compile(&config.Config{Routes: []config.Route{{Name: "payments", Match: "terminals/+/payments/#", KafkaTopic: "payments", Priority: 0}}})
+	startBridge(t, buf, k.Addrs, func(o *Options) { o.Priority = rs.Priority })
+	waitDrained(t, buf, 30*time.Second)
+	out := testkit.ReadAll(t, k.Addrs, "payments")
+	var got []uint64
+	for _, r := range out {
+		got = append(got, seqOf(t, r))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Kafka order %v, want publish order %v", got, want)
 	}
 }

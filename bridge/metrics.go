@@ -38,11 +38,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind"}),
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_bridge_link_up",
-			Help: "1 while the Kafka link is up, 0 otherwise.",
+			Help: "Deprecated since 0.3.0, removed in 0.4.0: use gateway_link_up (the same value). 1 while the Kafka link is up, 0 otherwise.",
 		}),
 		lastAck: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_bridge_last_ack_timestamp_seconds",
-			Help: "Unix time of the last acknowledgement from Kafka.",
+			Help: "Deprecated since 0.3.0, removed in 0.4.0: use gateway_last_kafka_ack_timestamp_seconds (the same value). Unix time of the last acknowledgement from Kafka.",
 		}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_bridge_inflight_records",

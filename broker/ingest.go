@@ -41,6 +41,7 @@ type ingestHook struct {
 // clientState orders one connection's QoS>0 publishes between arrival and
 // acknowledgement.
 type clientState struct {
+	conn      uint64         // unique per connection, for the buffer's dedup (see buffer.Acknowledged)
 	slots     chan struct{}  // one per publish awaiting its ack; bounds memory per client
 	queue     chan *inflight // arrival order
 	injecting atomic.Bool    // the acker is inside mochi's InjectPacket for this client
@@ -131,7 +132,7 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		rec := b.record(cl, pk, route)
 		err := b.buf.Append(&buffer.Append{
 			Record: rec,
-			Dedup:  buffer.DedupKey{ClientID: cl.ID, PacketID: pk.PacketID, Dup: pk.FixedHeader.Dup},
+			Dedup:  buffer.DedupKey{ClientID: cl.ID, PacketID: pk.PacketID, Dup: pk.FixedHeader.Dup, Conn: st.conn},
 			Done:   func(r buffer.Result) { f.result <- r },
 		})
 		if err != nil {
@@ -161,6 +162,8 @@ func (h *ingestHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
+var connIDs atomic.Uint64
+
 // state returns the client's ordering state, starting its acker on first use.
 // Only the client's read goroutine calls it, so creation does not race.
 func (h *ingestHook) state(cl *mqtt.Client) *clientState {
@@ -168,7 +171,7 @@ func (h *ingestHook) state(cl *mqtt.Client) *clientState {
 		return v.(*clientState)
 	}
 	n := h.b.opts.Config.MQTT.MaxInflight
-	st := &clientState{slots: make(chan struct{}, n), queue: make(chan *inflight, n)}
+	st := &clientState{conn: connIDs.Add(1), slots: make(chan struct{}, n), queue: make(chan *inflight, n)}
 	h.clients.Store(cl, st)
 	h.b.ackers.Add(1)
 	go h.acker(cl, st)
@@ -247,6 +250,9 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 		default:
 			if f.route != "" {
 				b.countStored(f.route, r)
+			}
+			if f.pk.FixedHeader.Qos > 0 && !r.Duplicate {
+				b.buf.Acknowledged(cl.ID, f.pk.PacketID, r.Seq, st.conn)
 			}
 			if b.directAck(f.pk) {
 				// PUBACK, remaining length 2, packet id (success needs no

@@ -28,15 +28,17 @@ import (
 //   - nothing for what did not change: a terminal reconnecting with the same
 //     properties and subscriptions writes no byte (the remote address, which
 //     changes on every connect, is not stored);
-//   - changes are written behind, coalesced into one commit per
-//     sessionFlushEvery, so a delivery stored and completed within it costs
-//     nothing, and never on the path of a publish's PUBACK;
+//   - a new persistent session or a changed subscription is committed before
+//     its CONNACK's session goes live / before its SUBACK (a terminal that
+//     subscribed for its receipts gets them after any crash);
+//   - outbound in-flight deliveries are written behind, coalesced into one
+//     commit per sessionFlushEvery, so one stored and completed within it
+//     costs nothing; nothing is written on the path of a publish's PUBACK;
 //   - no $SYS snapshot every second.
 //
 // Uplink publishes are not session state: they are durable in the buffer
 // before their PUBACK, and receipts in their own outbox. What a power cut can
-// take from here is the last second of session changes (a subscription made
-// just before it; a terminal re-subscribes when it reconnects).
+// take from here is the last second of in-flight local deliveries.
 type sessionStore struct {
 	mqtt.HookBase
 	ingest   *ingestHook
@@ -47,6 +49,7 @@ type sessionStore struct {
 	every time.Duration
 
 	db      *bbolt.DB
+	flushMu sync.Mutex // batches commit in the order they were taken
 	mu      sync.Mutex
 	cur     map[string][]byte // what the file holds
 	pending map[string][]byte // changes not yet written; nil value = delete
@@ -153,6 +156,8 @@ func (s *sessionStore) flusher() {
 
 // flush writes the pending changes in one transaction.
 func (s *sessionStore) flush() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	if len(s.pending) == 0 {
 		s.mu.Unlock()
@@ -320,6 +325,15 @@ func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		return
 	}
 	s.putClient(cl)
+	s.flushNow()
+}
+
+// flushNow commits pending changes at once (a session or subscription
+// change must survive a crash right after it was acknowledged).
+func (s *sessionStore) flushNow() {
+	if err := s.flush(); err != nil {
+		s.log.Error("sessions: writing a session change failed; it is retried within a second", "error", err)
+	}
 }
 
 func (s *sessionStore) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
@@ -352,12 +366,14 @@ func (s *sessionStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCo
 			Identifier: f.Identifier, NoLocal: f.NoLocal, RetainHandling: f.RetainHandling, RetainAsPublished: f.RetainAsPublished,
 		}))
 	}
+	s.flushNow() // mochi writes the SUBACK after this hook
 }
 
 func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	for _, f := range pk.Filters {
 		s.del(storage.SubscriptionKey + "_" + cl.ID + ":" + f.Filter)
 	}
+	s.flushNow()
 }
 
 func messageProps(pk packets.Packet) storage.MessageProperties {

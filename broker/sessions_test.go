@@ -135,3 +135,41 @@ func TestSessionStoreReadsMochiFile(t *testing.T) {
 	}
 	_ = storage.ClientKey
 }
+
+// MQTT-4.3.2-5: once a PUBACK went out, the packet id names a new message.
+// A DUP repeating it on the same connection is the stored copy (the client
+// had that PUBACK); on a later connection it may be a new, identical message
+// whose first copy was lost with the old connection: stored, never dropped,
+// and marked with the possible original's seq.
+func TestDupAfterPubackOnLaterConnectionIsStored(t *testing.T) {
+	e := start(t, "", "", buffer.Options{})
+	topic := "terminals/term-r/payments/1"
+	c := dialRaw(t, e.addr, 4, "term-r", false)
+	c.publish(1, 9, false, topic, []byte("same"))
+	c.expectPuback()
+	c.publish(1, 9, true, topic, []byte("same")) // same connection: the copy
+	c.expectPuback()
+	if n := total(e.buf); n != 1 {
+		t.Fatalf("DUP on the same connection: %d stored, want 1", n)
+	}
+	c.conn.Close()
+	c = dialRaw(t, e.addr, 4, "term-r", false)
+	c.publish(1, 9, true, topic, []byte("same"))
+	c.expectPuback()
+	if n := total(e.buf); n != 2 {
+		t.Fatalf("DUP on a later connection after its PUBACK: %d stored, want 2 (never dropped)", n)
+	}
+	recs, _ := e.buf.Read(nil, func(string) int { return 0 }, 10, 1<<20)
+	if len(recs) != 2 {
+		t.Fatalf("read %d", len(recs))
+	}
+	var mark string
+	for _, h := range recs[1].Headers {
+		if h.Key == buffer.HeaderPossibleDuplicateOf {
+			mark = string(h.Value)
+		}
+	}
+	if mark != fmt.Sprint(recs[0].Seq) {
+		t.Fatalf("second copy's %s header = %q, want %d", buffer.HeaderPossibleDuplicateOf, mark, recs[0].Seq)
+	}
+}

@@ -21,6 +21,7 @@ import (
 // Layout (blockVersion 2):
 //
 //	version byte
+//	uvarint buffer clock at the commit, in milliseconds (see clock.go)
 //	uvarint route count, then each route name (length-prefixed)
 //	uvarint record count, then per record: uvarint route index,
 //	    uvarint seq - block key, uvarint encoded length
@@ -42,6 +43,7 @@ type blockRec struct {
 
 type blockHeader struct {
 	key    uint64
+	clock  uint64 // buffer clock (ms) when it was committed
 	routes []string
 	recs   []blockRec
 	dedup  []dedupEntry
@@ -49,8 +51,9 @@ type blockHeader struct {
 
 // encodeBlock builds a block value from records with ascending seqs (the
 // first is the block key), their encodings, and the commit's dedup entries.
-func encodeBlock(dst []byte, key uint64, routes []string, recs []blockRec, bodies [][]byte, dedup []dedupEntry) []byte {
+func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec, bodies [][]byte, dedup []dedupEntry) []byte {
 	dst = append(dst, blockVersion)
+	dst = binary.AppendUvarint(dst, clock)
 	dst = binary.AppendUvarint(dst, uint64(len(routes)))
 	for _, r := range routes {
 		dst = wire.AppendBytes(dst, []byte(r))
@@ -82,11 +85,12 @@ func decodeBlockHeader(key uint64, v []byte, withDedup bool) (*blockHeader, erro
 		return nil, fmt.Errorf("%w: block %d: unknown version", ErrCorruptRecord, key)
 	}
 	d := wire.Decoder{B: v[1:]}
+	clock := d.Uvarint()
 	nr := d.Uvarint()
 	if d.Err != nil || nr > uint64(len(d.B)) {
 		return nil, fmt.Errorf("%w: block %d: route table", ErrCorruptRecord, key)
 	}
-	h := &blockHeader{key: key, routes: make([]string, 0, nr)}
+	h := &blockHeader{key: key, clock: clock, routes: make([]string, 0, nr)}
 	for i := uint64(0); i < nr && d.Err == nil; i++ {
 		h.routes = append(h.routes, string(d.Bytes()))
 	}

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,7 @@ var (
 	seqKeyName   = []byte("next_seq")
 	epochKey     = []byte("epoch")
 	marksKey     = []byte("marks") // per route removed-through seqs, written by purges
+	clockKey     = []byte("clock") // the buffer clock (ms), written by purges
 )
 
 // routePrefix names the per-route buckets of the first file format (one key
@@ -97,8 +99,11 @@ type Options struct {
 	// (default 64 MiB), less than a quarter of it holds undelivered data, and
 	// that is at most 8 MiB (the copy pauses ingest: keep it short).
 	CompactMinFile int64
-	// Now is the clock for receive-time checks (default time.Now).
+	// Now is the wall clock for receive times (default time.Now).
 	Now func() time.Time
+	// Elapsed is the monotonic time since Open (default time.Since of Open's
+	// start); max_age is measured with it (see clock.go). Tests inject it.
+	Elapsed func() time.Duration
 }
 
 func boltOptions() *bolt.Options {
@@ -123,7 +128,8 @@ type Append struct {
 type DedupKey struct {
 	ClientID string
 	PacketID uint16
-	Dup      bool // the publish carried the DUP flag
+	Dup      bool   // the publish carried the DUP flag
+	Conn     uint64 // the network connection it came on (any id unique per connection; 0 = unknown)
 }
 
 // Result tells the outcome of an Append.
@@ -184,6 +190,8 @@ type Buffer struct {
 
 	notify chan struct{}
 
+	clockBase uint64 // buffer clock (ms) at open; see clock.go
+
 	ctr         counters
 	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
 }
@@ -214,6 +222,10 @@ func Open(opts Options) (*Buffer, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	start := time.Now()
+	if opts.Elapsed == nil {
+		opts.Elapsed = func() time.Duration { return time.Since(start) }
 	}
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("buffer: %w", err)
@@ -326,6 +338,9 @@ func (b *Buffer) load() error {
 				return err
 			}
 		}
+		if v := meta.Get(clockKey); len(v) == 8 {
+			b.clockBase = max(b.clockBase, binary.BigEndian.Uint64(v))
+		}
 		dd, err := tx.CreateBucketIfNotExists(dedupBucket)
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
@@ -363,6 +378,7 @@ func (b *Buffer) indexBlocks(bk *bolt.Bucket, dedup bool) error {
 			return err
 		}
 		b.idx.addBlock(key, h)
+		b.clockBase = max(b.clockBase, h.clock)
 		i := len(b.idx.blocks) - 1
 		for pos, r := range h.recs {
 			name := h.routes[r.route]
@@ -400,6 +416,23 @@ func (b *Buffer) AppendWait(rec Record) (Result, error) {
 	}
 	r := <-ch
 	return r, r.Err
+}
+
+// HeaderPossibleDuplicateOf is added to a publish that repeats, with the DUP
+// flag and on a later connection, the packet id, topic and payload of one
+// this gateway already stored and PUBACKed: the value is that one's gw.seq
+// (same gw.epoch). It is stored (MQTT-4.3.2-5: after its PUBACK, a packet id
+// names a new message) and a consumer that wants one copy drops it.
+const HeaderPossibleDuplicateOf = "gw.possible_duplicate_of"
+
+// Acknowledged tells the buffer that the PUBACK of the publish stored as seq
+// (client, packet id) was sent on connection conn (see DedupKey.Conn). A DUP
+// matching it that arrives on a later connection is stored again (see
+// HeaderPossibleDuplicateOf) instead of being taken for the stored copy.
+func (b *Buffer) Acknowledged(client string, pid uint16, seq, conn uint64) {
+	b.mu.Lock()
+	b.dedup.acknowledged(client, pid, seq, conn)
+	b.mu.Unlock()
 }
 
 // Queued is how many appends wait for the writer.
@@ -544,11 +577,24 @@ func (b *Buffer) commit(batch []*Append) {
 						continue
 					}
 					b.mu.Lock()
-					prev, ok := b.dedup.lookup(a.Dedup.ClientID, a.Dedup.PacketID, h)
+					prev, ok, ackedOn := b.dedup.lookup(a.Dedup.ClientID, a.Dedup.PacketID, h)
 					b.mu.Unlock()
-					if ok {
+					// Not PUBACKed yet (or not by this process): the
+					// retransmission of the stored copy. PUBACKed on this
+					// same connection: the client got that PUBACK, and a
+					// DUP can only repeat the stored copy too.
+					if ok && (ackedOn == 0 || ackedOn == a.Dedup.Conn) {
 						results[i] = Result{Seq: prev, Duplicate: true}
 						continue
+					}
+					if ok {
+						// PUBACKed on an earlier connection: either that
+						// PUBACK was lost with it (a copy), or the client got
+						// it and this is a new, identical message whose first
+						// copy was lost with that connection. MQTT-4.3.2-5
+						// says new: it is stored, never dropped, and the
+						// header names the possible original.
+						rec.Headers = append(rec.Headers, Header{Key: HeaderPossibleDuplicateOf, Value: strconv.AppendUint(nil, prev, 10)})
 					}
 				}
 			}
@@ -582,7 +628,8 @@ func (b *Buffer) commit(batch []*Append) {
 			return nil // only duplicates or refusals: nothing to write
 		}
 		header.dedup = newDedup
-		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.routes, header.recs, bodies, newDedup)); err != nil {
+		header.clock = b.clockMillis()
+		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.clock, header.routes, header.recs, bodies, newDedup)); err != nil {
 			return err
 		}
 		if b.opts.BeforeCommit != nil {
@@ -642,7 +689,7 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 	})
 	var out []Record
 	size := 0
-	limits, now := b.limits.Load(), b.now()
+	limits, now := b.limits.Load(), b.clockMillis()
 	b.dbMu.RLock()
 	defer b.dbMu.RUnlock()
 	for _, route := range routes {
@@ -651,7 +698,7 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 			if len(out) >= maxRecords || (size > 0 && size+br.size > maxBytes) {
 				return false, nil
 			}
-			if b.expired(limits, route, v[br.off:br.off+br.size], now) {
+			if b.expired(limits, route, h.clock, now) {
 				return true, nil
 			}
 			r, err := h.record(v, i)

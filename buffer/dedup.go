@@ -77,9 +77,10 @@ func dedupHash(topic string, payload []byte) uint64 {
 }
 
 type dedupSlot struct {
-	pid  uint16
-	hash uint64
-	seq  uint64
+	pid   uint16
+	hash  uint64
+	seq   uint64
+	acked uint64 // the connection its PUBACK was sent on by this process; 0: not sent
 }
 
 // dedupRing is one client's most recent packet ids.
@@ -109,19 +110,39 @@ func (d *dedupIndex) add(e dedupEntry) {
 
 // lookup finds the most recent entry for the packet id; a match needs the
 // same topic and payload too, since ids are reused after acknowledgement.
-func (d *dedupIndex) lookup(client string, pid uint16, hash uint64) (uint64, bool) {
+// ackedOn is the connection this process sent the entry's PUBACK on (0: not
+// sent, or sent before a restart).
+func (d *dedupIndex) lookup(client string, pid uint16, hash uint64) (seq uint64, ok bool, ackedOn uint64) {
 	r := d.clients[client]
 	if r == nil {
-		return 0, false
+		return 0, false, 0
 	}
 	count := min(r.n, dedupPerClient)
 	for i := 1; i <= count; i++ {
 		s := r.slots[(r.n-i)%dedupPerClient]
 		if s.pid == pid {
-			return s.seq, s.hash == hash
+			return s.seq, s.hash == hash, s.acked
 		}
 	}
-	return 0, false
+	return 0, false, 0
+}
+
+// acknowledged marks the entry of seq as PUBACKed on connection conn.
+func (d *dedupIndex) acknowledged(client string, pid uint16, seq, conn uint64) {
+	r := d.clients[client]
+	if r == nil {
+		return
+	}
+	count := min(r.n, dedupPerClient)
+	for i := 1; i <= count; i++ {
+		s := &r.slots[(r.n-i)%dedupPerClient]
+		if s.pid == pid {
+			if s.seq == seq {
+				s.acked = conn
+			}
+			return
+		}
+	}
 }
 
 func lookupBatch(batch []dedupEntry, k DedupKey, hash uint64) (uint64, bool) {

@@ -108,7 +108,7 @@ func OpenReadOnly(path string) (*Buffer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: open %s: %w", path, err)
 	}
-	b := &Buffer{db: db, opts: Options{Path: path}, idx: newIndex(), dedup: newDedupIndex(), marks: map[string]uint64{},
+	b := &Buffer{db: db, opts: Options{Path: path, Elapsed: func() time.Duration { return 0 }}, idx: newIndex(), dedup: newDedupIndex(), marks: map[string]uint64{},
 		drops: map[string]map[string]uint64{}, quit: make(chan struct{}), done: make(chan struct{}), janitorDone: make(chan struct{})}
 	b.closed, b.readOnly = true, true
 	close(b.done)

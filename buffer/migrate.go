@@ -101,7 +101,7 @@ func (b *Buffer) migrateChunk() (int, error) {
 				h.recs = append(h.recs, blockRec{route: ri, seq: it.seq, size: len(it.body)})
 				bodies = append(bodies, it.body)
 			}
-			if err := putBlock(blocks, seqKey(h.key), encodeBlock(nil, h.key, h.routes, h.recs, bodies, nil)); err != nil {
+			if err := putBlock(blocks, seqKey(h.key), encodeBlock(nil, h.key, b.clockMillis(), h.routes, h.recs, bodies, nil)); err != nil {
 				return err
 			}
 			batch = batch[:0]

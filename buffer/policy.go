@@ -273,35 +273,33 @@ func (b *Buffer) evictOldest(bk *bolt.Bucket, c *changes, route string, need int
 
 // expire drops records older than their route's max_age, counting them. It
 // writes nothing: like deliveries, the removals reach the file with the next
-// purge. The scan of a route stops at the first record a minute younger than
-// the cutoff (receive times are in arrival order up to scheduling jitter),
-// and one pass removes at most expireMaxPerPass records.
+// purge. Ages are measured with the buffer clock (clock.go), not the wall
+// clock; the scan of a route stops at its first block younger than the
+// cutoff, and one pass removes at most expireMaxPerPass records.
 func (b *Buffer) expire() error {
 	l := b.limits.Load()
 	if l == nil {
 		return nil
 	}
-	now := b.now()
+	now := b.clockMillis()
 	type job struct {
 		route  string
-		cutoff time.Time
+		cutoff uint64 // buffer clock (ms): committed at or before it = expired
 	}
 	var jobs []job
 	for _, route := range b.routeNames() {
-		if p := l.policy(route); p.MaxAge > 0 {
-			jobs = append(jobs, job{route, now.Add(-p.MaxAge)})
+		if p := l.policy(route); p.MaxAge > 0 && uint64(p.MaxAge.Milliseconds()) < now {
+			jobs = append(jobs, job{route, now - uint64(p.MaxAge.Milliseconds())})
 		}
 	}
 	for _, j := range jobs {
 		var refs []Ref
 		b.dbMu.RLock()
-		err := b.scanRoute(j.route, 0, func(h *blockHeader, v []byte, i int) (bool, error) {
-			br := h.recs[i]
-			at, ok := receivedOf(v[br.off : br.off+br.size])
-			if ok && !at.Before(j.cutoff) {
-				return !at.After(j.cutoff.Add(time.Minute)), nil
+		err := b.scanRoute(j.route, 0, func(h *blockHeader, _ []byte, i int) (bool, error) {
+			if h.clock > j.cutoff {
+				return false, nil // blocks are committed in clock order
 			}
-			refs = append(refs, Ref{Route: j.route, Seq: br.seq})
+			refs = append(refs, Ref{Route: j.route, Seq: h.recs[i].seq})
 			return len(refs) < expireMaxPerPass, nil
 		})
 		b.dbMu.RUnlock()
@@ -319,9 +317,10 @@ func (b *Buffer) expire() error {
 // (a second later) continues.
 const expireMaxPerPass = 100_000
 
-// expired reports whether a stored record is past its route's max_age; the
-// drain skips such records (the next expiry pass deletes and counts them).
-func (b *Buffer) expired(l *Limits, route string, v []byte, now time.Time) bool {
+// expired reports whether a record committed at buffer clock at is past its
+// route's max_age; the drain skips such records (the next expiry pass
+// removes and counts them).
+func (b *Buffer) expired(l *Limits, route string, at, now uint64) bool {
 	if l == nil {
 		return false
 	}
@@ -329,8 +328,7 @@ func (b *Buffer) expired(l *Limits, route string, v []byte, now time.Time) bool 
 	if p.MaxAge <= 0 {
 		return false
 	}
-	at, ok := receivedOf(v)
-	return ok && now.Sub(at) > p.MaxAge
+	return now > at && time.Duration(now-at)*time.Millisecond > p.MaxAge
 }
 
 // janitor expires records and compacts the file when a large backlog has

@@ -105,34 +105,31 @@ func TestGlobalBudgetEvictionOrder(t *testing.T) {
 // max_age: exactly the records older than the limit are dropped and counted,
 // and the drain never hands out an expired record.
 func TestMaxAgeExpiry(t *testing.T) {
-	var now atomic.Int64
-	base := time.Unix(1700000000, 0)
-	now.Store(base.UnixNano())
-	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	var elapsed atomic.Int64 // the monotonic clock, driven by the test
 	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{
-		Now:             clock,
+		Elapsed:         func() time.Duration { return time.Duration(elapsed.Load()) },
 		JanitorInterval: time.Hour, // expiry driven by the test
 		Limits: limits(0, map[string]Policy{
 			"tele": {MaxAge: 24 * time.Hour, OnFull: "drop_oldest"},
 			"pay":  {OnFull: "reject"},
 		}),
 	})
+	committed := map[uint64]time.Duration{}
 	for i := 0; i < 10; i++ {
-		r := rec("tele", "c", i)
-		r.Received = base.Add(time.Duration(i) * time.Hour) // 0h..9h
-		b.AppendWait(r)
-		p := rec("pay", "c", i)
-		p.Received = base
-		b.AppendWait(p)
+		elapsed.Store(int64(time.Duration(i) * time.Hour)) // stored at 0h..9h
+		r, _ := b.AppendWait(rec("tele", "c", i))
+		committed[r.Seq] = time.Duration(i) * time.Hour
+		b.AppendWait(rec("pay", "c", i))
 	}
-	now.Store(base.Add(24*time.Hour + 4*time.Hour + time.Second).UnixNano()) // 0h..4h are past 24h
+	now := 24*time.Hour + 4*time.Hour + time.Second // 0h..4h are past 24h
+	elapsed.Store(int64(now))
 	recs, _ := b.Read(nil, prio(map[string]int{"pay": 0, "tele": 5}), 100, 1<<20)
 	tele := 0
 	for _, r := range recs {
 		if r.Route == "tele" {
 			tele++
-			if clock().Sub(r.Received) > 24*time.Hour {
-				t.Fatalf("expired record handed to the drain: %v", r.Received)
+			if now-committed[r.Seq] > 24*time.Hour {
+				t.Fatalf("expired record handed to the drain: stored at %v", committed[r.Seq])
 			}
 		}
 	}
@@ -149,6 +146,81 @@ func TestMaxAgeExpiry(t *testing.T) {
 	if st["tele"].Messages != 5 || st["pay"].Messages != 10 {
 		t.Fatalf("after expiry %+v", st)
 	}
+}
+
+// Clock jumps: a box that booted in 1970 and is corrected by NTP, or a clock
+// set back by years, changes no age. max_age counts the time the gateway
+// ran (the buffer clock), which goes on across restarts; the drain order
+// follows gw.seq whatever the receive times say.
+func TestClockJumpsDoNotExpireOrReorder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	var wall, elapsed atomic.Int64
+	wall.Store(time.Date(1970, 1, 1, 0, 0, 10, 0, time.UTC).UnixNano()) // booted without a clock
+	o := Options{
+		Now:             func() time.Time { return time.Unix(0, wall.Load()) },
+		Elapsed:         func() time.Duration { return time.Duration(elapsed.Load()) },
+		JanitorInterval: time.Hour,
+		Limits:          limits(0, map[string]Policy{"tele": {MaxAge: time.Hour, OnFull: "drop_oldest"}}),
+	}
+	b, err := Open(withPath(o, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for i := 0; i < 3; i++ {
+		r := rec("tele", "c", i)
+		r.Received = o.Now()
+		res, _ := b.AppendWait(r)
+		seqs = append(seqs, res.Seq)
+	}
+	// NTP: +56 years; then a clock set back by 30 years, records in between
+	wall.Store(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC).UnixNano())
+	elapsed.Store(int64(10 * time.Minute))
+	r := rec("tele", "c", 3)
+	r.Received = o.Now()
+	res, _ := b.AppendWait(r)
+	seqs = append(seqs, res.Seq)
+	wall.Store(time.Date(1996, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	r = rec("tele", "c", 4)
+	r.Received = o.Now()
+	res, _ = b.AppendWait(r)
+	seqs = append(seqs, res.Seq)
+	b.expire()
+	if d := b.Drops()["tele"][DropMaxAge]; d != 0 {
+		t.Fatalf("clock jumps expired %d records that waited 10 minutes (max_age 1h)", d)
+	}
+	got, _ := b.Read(nil, prio(nil), 100, 1<<20)
+	if len(got) != 5 {
+		t.Fatalf("read %d, want 5", len(got))
+	}
+	for i, g := range got {
+		if g.Seq != seqs[i] {
+			t.Fatalf("drain order %d: seq %d, want %d (gw.seq order, not receive time)", i, g.Seq, seqs[i])
+		}
+	}
+	// the buffer clock goes on across a restart: 50 more minutes of running
+	// time make the first three an hour old
+	b.Close()
+	elapsed.Store(0) // a new process: its monotonic clock starts again
+	b, err = Open(withPath(o, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	b.expire()
+	if d := b.Drops()["tele"][DropMaxAge]; d != 0 {
+		t.Fatalf("restart expired %d records", d)
+	}
+	elapsed.Store(int64(50*time.Minute + time.Second))
+	b.expire()
+	if d := b.Drops()["tele"][DropMaxAge]; d != 3 {
+		t.Fatalf("after an hour of running time: %d expired, want the first 3", d)
+	}
+}
+
+func withPath(o Options, path string) Options {
+	o.Path = path
+	return o
 }
 
 // Compaction gives the space of a drained backlog back to the filesystem

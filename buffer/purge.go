@@ -112,6 +112,9 @@ func (b *Buffer) purgeOnce() (int, error) {
 		if err := meta.Put(marksKey, encodeMarks(marks)); err != nil {
 			return err
 		}
+		if err := meta.Put(clockKey, seqKey(b.clockMillis())); err != nil {
+			return err
+		}
 		return meta.Put(seqKeyName, seqKey(next))
 	})
 	if err != nil {

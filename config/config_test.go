@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -209,4 +210,35 @@ func FuzzTemplate(f *testing.F) {
 			tp.Render(TemplateInput{ClientID: "c", Username: "u", Topic: topic})
 		}
 	})
+}
+
+// Only binary units are documented; "1GB" is refused with a message naming
+// the key and the accepted units instead of being read as 10^9 bytes.
+func TestDecimalSizeUnitsRefused(t *testing.T) {
+	for _, bad := range []string{"1GB", "5MB", "100kB", "2 TB", "1G", "1.5GB"} {
+		if _, err := ParseSize(bad); !errors.Is(err, ErrDecimalSizeUnit) {
+			t.Errorf("ParseSize(%q) = %v, want ErrDecimalSizeUnit", bad, err)
+		}
+	}
+	_, err := Parse([]byte(minimal+"buffer: {max_disk_bytes: 1GB}\n"), nil)
+	want := `buffer.max_disk_bytes: must be a size like 512MiB, not "1GB": decimal units (KB MB GB TB) are not accepted: use B KiB MiB GiB TiB`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want it to contain %q", err, want)
+	}
+}
+
+// A YAML syntax error has no key; the message names the file instead, and
+// says "yaml:" once.
+func TestLoadNamesFileOnSyntaxError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := os.WriteFile(path, []byte("id: a\nkafka: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil {
+		t.Fatal("accepted a file that is not YAML")
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, path+": yaml: line ") || strings.Contains(strings.TrimPrefix(msg, path), "yaml: yaml:") {
+		t.Fatalf("error %q: want it to start with %q and say yaml: once", msg, path+": yaml: line ")
+	}
 }

@@ -187,8 +187,22 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(data, os.Environ())
+	cfg, err := Parse(data, os.Environ())
+	var p Problems
+	if errors.As(err, &p) {
+		// A syntax error has no key to name; the file is what the reader
+		// needs then ("gateway.yaml: yaml: line 3: ...").
+		for i, line := range p {
+			if strings.HasPrefix(line, yamlProblem) {
+				p[i] = path + ": " + line
+			}
+		}
+	}
+	return cfg, err
 }
+
+// yamlProblem starts the problem Parse reports for a file that is not YAML.
+const yamlProblem = "yaml: "
 
 // Parse is Load on bytes with an explicit environment (KEY=VALUE entries), so
 // tests need not touch the process environment.
@@ -204,7 +218,7 @@ func Parse(data []byte, environ []string) (*Config, error) {
 		v.SetDefault(k, defaults[k])
 	}
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
-		return nil, Problems{"yaml: " + oneLine(err.Error())}
+		return nil, Problems{yamlProblem + oneLine(err.Error())}
 	}
 	// Overrides come from the given environment, not viper's AutomaticEnv, so
 	// the result does not depend on hidden process state in tests.
@@ -305,6 +319,7 @@ func decodeProblems(err error) error {
 
 func oneLine(s string) string {
 	s = strings.TrimPrefix(s, "While parsing config: ")
+	s = strings.TrimPrefix(s, yamlProblem) // the YAML decoder's own prefix; ours is added once
 	parts := strings.Fields(strings.ReplaceAll(s, "\n", " "))
 	return strings.Join(parts, " ")
 }

@@ -11,21 +11,37 @@ import (
 
 var versionRe = regexp.MustCompile(`^\d+\.\d+\.\d+(\.\d+)?$`)
 
+// sizeUnits are the accepted size suffixes: binary units only, and a plain
+// number is bytes. Decimal units (KB MB GB TB) are refused rather than read:
+// "1GB" meaning 1,000,000,000 or 1,073,741,824 bytes is a 7% question an
+// operator should not have to guess, and the documentation uses KiB MiB GiB.
 var sizeUnits = []struct {
 	suffix string
 	mult   int64
 }{
 	{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
-	{"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"kB", 1e3},
 	{"B", 1}, {"", 1},
 }
 
+// SizeUnits lists the accepted size units, for messages and documentation.
+const SizeUnits = "B KiB MiB GiB TiB"
+
+// ErrDecimalSizeUnit is returned by ParseSize for KB, MB, GB, TB (and kB):
+// decimal units are not accepted, see sizeUnits.
+var ErrDecimalSizeUnit = errors.New("decimal units (KB MB GB TB) are not accepted: use " + SizeUnits + " (1GiB = 1073741824 bytes) or a plain number of bytes")
+
+var decimalUnitRe = regexp.MustCompile(`^[0-9.\s]+([kKMGT]B|[kKMGT])$`)
+
 // ParseSize reads "512MiB", "1GiB", "100KiB", "262144" (bytes). A fractional
-// number is allowed with a unit ("1.5GiB").
+// number is allowed with a unit ("1.5GiB"). Decimal units ("1GB") are refused
+// with ErrDecimalSizeUnit.
 func ParseSize(s string) (int64, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, errors.New("empty size")
+	}
+	if decimalUnitRe.MatchString(s) {
+		return 0, fmt.Errorf("size %q: %w", s, ErrDecimalSizeUnit)
 	}
 	for _, u := range sizeUnits {
 		if !strings.HasSuffix(s, u.suffix) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -41,8 +42,12 @@ func (c *checker) integer(key, s string, min, max int64) int64 {
 
 func (c *checker) size(key, s string) int64 {
 	n, err := ParseSize(s)
+	if errors.Is(err, ErrDecimalSizeUnit) {
+		c.addf(key, "must be a size like 512MiB, not %q: %v", s, ErrDecimalSizeUnit)
+		return 0
+	}
 	if err != nil {
-		c.addf(key, "must be a size like 512MiB (units: B KiB MiB GiB TiB), not %q", s)
+		c.addf(key, "must be a size like 512MiB (units: %s; a plain number is bytes), not %q", SizeUnits, s)
 		return 0
 	}
 	return n

@@ -30,11 +30,11 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgegw/gateway/bridge"
 	"github.com/edgegw/gateway/broker"
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
 	"github.com/edgegw/gateway/internal/logonce"
+	"github.com/edgegw/gateway/kafkaclient"
 	"github.com/edgegw/gateway/rules"
 )
 
@@ -156,7 +156,7 @@ func New(opts Options) (*Receipts, error) {
 	if opts.SweepInterval <= 0 {
 		opts.SweepInterval = min(max(cfg.Receipts.MaxAge/10, 100*time.Millisecond), time.Minute)
 	}
-	sc, err := bridge.NewSaramaConfig(cfg.Kafka)
+	sc, err := kafkaclient.Config(cfg.Kafka)
 	if err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}

@@ -56,8 +56,14 @@ func (s *Set) ByName(name string) *Route { return s.byName[name] }
 // wait behind telemetry.
 const ConfirmRoute = "_receipts_confirm"
 
-// Priority is the drain priority of a route by name; a route that is no longer
-// configured (its backlog outlived a reload) drains after all others.
+// OrphanPriority is the drain priority of a route that is no longer
+// configured (its backlog outlived a reload): before all others. Its
+// messages are older than anything a renamed route now stores, and one
+// client's messages must reach Kafka in publish order across the rename.
+const OrphanPriority = -1
+
+// Priority is the drain priority of a route by name (OrphanPriority for one
+// no longer configured).
 func (s *Set) Priority(name string) int {
 	if name == ConfirmRoute {
 		return 0
@@ -65,7 +71,7 @@ func (s *Set) Priority(name string) int {
 	if r := s.byName[name]; r != nil {
 		return r.Priority
 	}
-	return 1 << 30
+	return OrphanPriority
 }
 
 // Key renders the route's Kafka key for one publish.

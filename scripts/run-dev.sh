@@ -6,6 +6,12 @@
 #
 #   CONFIG=config.example.yaml  KAFKA_PORT=9092  DEVKAFKA_DATA=./.devkafka
 set -euo pipefail
+# Job control: every command below runs in its own process group and the
+# foreground one (the gateway) gets the terminal. Ctrl-C then reaches the
+# gateway alone, which stops cleanly and exits 0, and not make: GNU make
+# re-raises a SIGINT it receives itself, so `make run` would end with 130.
+# devkafka and payproc are stopped by the EXIT trap.
+set -m
 cd "$(dirname "$0")/.."
 
 CONFIG=${CONFIG:-config.example.yaml}
@@ -17,7 +23,11 @@ PAYPROC_PID=
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 cleanup() {
-	if [ -n "$PAYPROC_PID" ]; then kill -TERM "$PAYPROC_PID" 2>/dev/null || true; fi
+	if [ -n "$PAYPROC_PID" ]; then
+		kill -TERM "$PAYPROC_PID" 2>/dev/null || true
+		for _ in $(seq 50); do kill -0 "$PAYPROC_PID" 2>/dev/null || break; sleep 0.1; done
+		wait "$PAYPROC_PID" 2>/dev/null || true
+	fi
 	if [ -n "$KAFKA_PID" ] && kill -0 "$KAFKA_PID" 2>/dev/null; then
 		echo "stopping devkafka (pid $KAFKA_PID)" >&2
 		kill -TERM "$KAFKA_PID" 2>/dev/null || true
@@ -72,6 +82,7 @@ Read what landed in Kafka:
   bin/kafkatail -b 127.0.0.1:$KAFKA_PORT -t payments      (Go fallback, always available)
 Gateway state:
   bin/gateway status
+$( [ -n "$KAFKA_PID" ] && printf 'Take Kafka away (the gateway keeps buffering) and bring it back:\n  kill %s\n  bin/devkafka -addr 127.0.0.1:%s -data-dir %s\n' "$KAFKA_PID" "$KAFKA_PORT" "$DATA")
 
 Ctrl-C stops the gateway and devkafka.
 

@@ -19,9 +19,11 @@ import (
 	"github.com/edgegw/gateway/config"
 )
 
-// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...";
+// `make` sets the version from `git describe --tags` (or the VERSION file).
+// Without it, the VERSION file embedded in the module applies (version.go).
 var (
-	version = "dev"
+	version = ""
 	commit  = "unknown"
 )
 
@@ -130,6 +132,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
 	gw, err := startGateway(cfg, log)
+	err = explainLocked(err, cfg.DataDir)
 	if err != nil {
 		log.Error("gateway failed to start", "error", err)
 		return exitFailure
@@ -139,11 +142,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 		gw.stop()
 		return exitFailure
 	}
+	sd := startNotifier(gw, log)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig
 	log.Info("shutting down", "signal", s.String())
 	signal.Stop(sig)
+	sd.stopping()
 	if err := gw.stop(); err != nil {
 		log.Error("shutdown", "error", err)
 		return exitFailure

@@ -63,6 +63,10 @@ func (ls *logSwitch) logger() *slog.Logger { return slog.New(&switchHandler{ls: 
 type switchHandler struct {
 	ls  *logSwitch
 	ops []func(slog.Handler) slog.Handler
+	// keys set at the top level by With so far (read-only once built);
+	// grouped: a group is open, later attributes nest and cannot repeat.
+	keys    map[string]bool
+	grouped bool
 
 	cache atomic.Pointer[derivedHandler]
 }
@@ -93,17 +97,48 @@ func (s *switchHandler) Handle(ctx context.Context, r slog.Record) error {
 	return s.handler().Handle(ctx, r)
 }
 
-func (s *switchHandler) with(op func(slog.Handler) slog.Handler) slog.Handler {
+func (s *switchHandler) with(op func(slog.Handler) slog.Handler) *switchHandler {
 	ops := append(append([]func(slog.Handler) slog.Handler(nil), s.ops...), op)
-	return &switchHandler{ls: s.ls, ops: ops}
+	return &switchHandler{ls: s.ls, ops: ops, keys: s.keys, grouped: s.grouped}
 }
 
+// WithAttrs drops a top-level attribute whose key an outer With already set:
+// components add their own "component" to the logger they are given, and
+// slog's handlers would print both ("component=bridge component=bridge").
+// The outer value wins: it is the one the wiring chose.
 func (s *switchHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return s.with(func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })
+	if !s.grouped {
+		var keep []slog.Attr
+		for _, a := range as {
+			if !s.keys[a.Key] {
+				keep = append(keep, a)
+			}
+		}
+		if len(keep) == 0 {
+			return s
+		}
+		as = keep
+	}
+	n := s.with(func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })
+	if !s.grouped {
+		n.keys = make(map[string]bool, len(s.keys)+len(as))
+		for k := range s.keys {
+			n.keys[k] = true
+		}
+		for _, a := range as {
+			n.keys[a.Key] = true
+		}
+	}
+	return n
 }
 
 func (s *switchHandler) WithGroup(name string) slog.Handler {
-	return s.with(func(h slog.Handler) slog.Handler { return h.WithGroup(name) })
+	if name == "" {
+		return s
+	}
+	n := s.with(func(h slog.Handler) slog.Handler { return h.WithGroup(name) })
+	n.grouped = true
+	return n
 }
 
 // reloader applies config file changes to a running gateway.
