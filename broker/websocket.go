@@ -32,6 +32,9 @@ type wsListener struct {
 	establish listeners.EstablishFn
 	end       atomic.Bool
 	closeOnce sync.Once
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // upgraded and not yet ended, for Close
 }
 
 func newWSListener(id, address string, maxPacket uint32, limits connLimits) *wsListener {
@@ -79,6 +82,21 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	defer c.Close()
 	conn := &wsConn{Conn: c.UnderlyingConn(), c: c}
+	l.mu.Lock()
+	if l.end.Load() {
+		l.mu.Unlock()
+		return
+	}
+	if l.conns == nil {
+		l.conns = map[net.Conn]struct{}{}
+	}
+	l.conns[conn] = struct{}{}
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.conns, conn)
+		l.mu.Unlock()
+	}()
 	_ = conn.SetDeadline(time.Now().Add(l.limits.connectTimeout))
 	err = l.establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket, maxConnect: l.limits.maxConnect})
 	if err != nil && l.log != nil {
@@ -93,16 +111,26 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// Close stops the HTTP server, ends the clients, and also the upgraded
+// connections still before CONNECT (http.Server does not track hijacked
+// connections), so shutdown does not sit out their connect_timeout.
 func (l *wsListener) Close(closeClients listeners.CloseFn) {
 	l.closeOnce.Do(func() {
+		l.mu.Lock()
 		l.end.Store(true)
+		l.mu.Unlock()
 		if l.srv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			_ = l.srv.Shutdown(ctx) // hijacked (upgraded) connections are not waited for
+			_ = l.srv.Shutdown(ctx)
 		}
 	})
 	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
 }
 
 // wsConn reads and writes MQTT bytes as binary WebSocket messages (one
