@@ -9,12 +9,15 @@ package admin
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,6 +89,12 @@ type Sources struct {
 	// Problems are conditions an operator must fix (e.g. another box uses
 	// this gateway's id; the buffer is unusable).
 	Problems func() []string
+	// Token, when set, is required as "Authorization: Bearer <token>" on
+	// every request but /healthz (admin.token_file).
+	Token string
+	// Pprof serves /debug/pprof/ (admin.pprof); off by default, as profiles
+	// show memory contents and cost CPU.
+	Pprof bool
 }
 
 // RouteInfo is one configured route, as far as the admin endpoint shows it.
@@ -183,13 +192,46 @@ func New(addr string, src Sources, logger *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /config", s.config)
 	s.bufferHandlers(mux)
 	s.deadLetterRoutes(mux)
-	// Profiles for diagnosing a box in the field; the admin endpoint listens
-	// on loopback by default.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	// Profiles for diagnosing a box in the field, only when asked for.
+	if src.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	s.handler = mux
+	if src.Token != "" {
+		s.handler = requireToken(src.Token, mux)
+	}
 	return s, nil
+}
+
+// requireToken lets /healthz through (a liveness probe holds no secret) and
+// every other request only with the bearer token.
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="gateway admin"`)
+			http.Error(w, "unauthorized: this endpoint needs Authorization: Bearer <admin.token_file's token>", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// ReadToken reads a bearer token from a file (admin.token_file): the first
+// line, trimmed. An empty token is an error: it would protect nothing.
+func ReadToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("admin.token_file: %w", err)
+	}
+	tok, _, _ := strings.Cut(string(data), "\n")
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return "", fmt.Errorf("admin.token_file: %s holds no token", path)
+	}
+	return tok, nil
 }
 
 // Handler is the endpoint's HTTP handler, for callers that serve it on a

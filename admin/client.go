@@ -19,6 +19,12 @@ import (
 // is reached on the loopback interface, so `gateway status` can take the
 // admin.address of the config as it is.
 func FetchStatus(ctx context.Context, addr string) (*Status, error) {
+	return FetchStatusWithToken(ctx, addr, "")
+}
+
+// FetchStatusWithToken is FetchStatus for an endpoint that requires a
+// bearer token (admin.token_file); "" sends none.
+func FetchStatusWithToken(ctx context.Context, addr, token string) (*Status, error) {
 	url, err := statusURL(addr)
 	if err != nil {
 		return nil, err
@@ -28,6 +34,9 @@ func FetchStatus(ctx context.Context, addr string) (*Status, error) {
 		return nil, fmt.Errorf("admin: status request %s: %w", url, err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := (&http.Client{}).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("admin: fetch status: %w", err)

@@ -28,6 +28,11 @@ func (s *Server) config(w http.ResponseWriter, _ *http.Request) {
 // FetchConfig reads GET /config from the admin endpoint at addr (as for
 // FetchStatus).
 func FetchConfig(ctx context.Context, addr string) (map[string]string, error) {
+	return FetchConfigWithToken(ctx, addr, "")
+}
+
+// FetchConfigWithToken is FetchConfig with a bearer token ("" sends none).
+func FetchConfigWithToken(ctx context.Context, addr, token string) (map[string]string, error) {
 	url, err := statusURL(addr)
 	if err != nil {
 		return nil, err
@@ -38,6 +43,9 @@ func FetchConfig(ctx context.Context, addr string) (map[string]string, error) {
 		return nil, fmt.Errorf("admin: config request %s: %w", url, err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := (&http.Client{}).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("admin: fetch config: %w", err)

@@ -12,6 +12,8 @@
 #   (c) publish->PUBACK p99 at 1,000 msg/s spread over 100 clients
 #   (d) RSS of a fresh gateway with 1,000 idle clients connected
 #   (e) drain of a backlog vs bare sarama, also with kafka.exactly_once
+#   (f) RSS under hostile connections: silent, oversized CONNECTs, offline sessions
+#       (cmd/resbench, also `make bench-resources`)
 #   nats-server 2.15 MQTT on JetStream with sync_interval: always (the durable
 #   peer) in (a) and (b); a bench-only tool installed into bin/tools with
 #   `go install`, never a dependency of the gateway.
@@ -364,3 +366,14 @@ done
 [ "$errs" = 0 ] || echo "WARNING: $errs runs reported errors; see above and loadgen stderr" >&2
 [ "$HAVE_GW" = 1 ] || echo "NOTE: gateway was skipped (does not build yet); ratios involving it show '-'"
 [ "$HAVE_MOSQ" = 1 ] || echo "NOTE: mosquitto was skipped (not installed)"
+
+# ---------------------------------------------------------------- (f) resources
+# What strangers can make the gateway hold (issue 9): RSS idle, with silent
+# connections, unfinished 256 KiB CONNECTs, 3,000 offline MQTT 5 sessions and
+# 1,000 idle clients (cmd/resbench; also `make bench-resources`).
+if [ "$HAVE_GW" = 1 ]; then
+	log "(f) resources under hostile connections (cmd/resbench)"
+	"$GO" build -o bin/resbench ./cmd/resbench || die "build ./cmd/resbench failed"
+	echo
+	timeout 900 bin/resbench -gateway bin/gateway || echo "WARNING: resbench failed" >&2
+fi

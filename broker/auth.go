@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"strings"
@@ -43,15 +44,38 @@ func LoadUsers(path string) (map[string][]byte, error) {
 	return users, sc.Err()
 }
 
-// authHook authenticates connections and applies the ACL.
+// authHook authenticates connections, binds client ids to identities and
+// applies the ACL.
+//
+// Everything about who a client is gets decided in OnConnect, which mochi
+// (v2.7.9, attachClient) calls right after reading CONNECT and before
+// OnConnectAuthenticate, OnSessionEstablish and the session takeover
+// (inheritClientSession): a refusal there answers with its own CONNACK and
+// never touches the session, or the connection, already using that client
+// id. OnConnectAuthenticate then only confirms the decision.
 type authHook struct {
 	mqtt.HookBase
-	allowAnonymous bool
-	users          map[string][]byte
-	acl            atomic.Pointer[config.ACL] // swapped on reload
+	b     *Broker
+	users map[string][]byte
+	// dummy is compared against for a user name we don't know, so that an
+	// unknown name costs the same bcrypt work as a known one (no user
+	// enumeration by timing).
+	dummy []byte
+	// anonymous is allow_anonymous per listener id ("tcp", "tls", "ws").
+	anonymous map[string]bool
+	// bind: an authenticated client's id must be its identity
+	// (mqtt.client_id_binding: identity).
+	bind        bool
+	maxClientID int
+	maxUsername int
+	logins      *loginGuard
+	acl         atomic.Pointer[config.ACL] // swapped on reload
 
-	// expanded caches each client's ACL filters with {client_id} and
-	// {username} filled in: the check runs several times per publish.
+	approved sync.Map // *mqtt.Client -> struct{}: OnConnect accepted it, until OnConnectAuthenticate
+
+	// expanded caches each client's ACL filters with {client_id},
+	// {username} and {cert_cn} filled in: the check runs several times per
+	// publish.
 	expanded sync.Map // *mqtt.Client -> *clientACL
 }
 
@@ -64,11 +88,16 @@ type clientACL struct {
 func (h *authHook) ID() string { return "gateway-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect, mqtt.OnPacketEncode:
+		return true
+	}
+	return false
 }
 
 func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.expanded.Delete(cl)
+	h.approved.Delete(cl)
 }
 
 // clientFilters returns the client's expanded ACL, building it on first use
@@ -78,13 +107,14 @@ func (h *authHook) clientFilters(cl *mqtt.Client, acl *config.ACL) *clientACL {
 		return v.(*clientACL)
 	}
 	c := &clientACL{from: acl}
+	cn := certCN(cl)
 	for _, p := range acl.Publish {
-		if f, ok := expandACL(p, cl); ok {
+		if f, ok := expandACL(p, cl, cn); ok {
 			c.publish = append(c.publish, strings.Split(f, "/"))
 		}
 	}
 	for _, p := range acl.Subscribe {
-		if f, ok := expandACL(p, cl); ok {
+		if f, ok := expandACL(p, cl, cn); ok {
 			c.subscribe = append(c.subscribe, f)
 		}
 	}
@@ -92,18 +122,164 @@ func (h *authHook) clientFilters(cl *mqtt.Client, acl *config.ACL) *clientACL {
 	return c
 }
 
-func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+// Connect refusals: the MQTT 5 reason code and the 3.1.1 return code.
+var (
+	refuseClientID = [2]packets.Code{packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid}
+	refuseLogin    = [2]packets.Code{packets.ErrBadUsernameOrPassword, packets.Err3NotAuthorized} // 3.1.1 code 5, as mochi maps it
+	refuseNotAuth  = [2]packets.Code{packets.ErrNotAuthorized, packets.Err3NotAuthorized}
+	refuseBusy     = [2]packets.Code{packets.ErrConnectionRateExceeded, packets.Err3ServerUnavailable}
+)
+
+// refuse answers CONNECT with the code for the client's protocol version and
+// returns the error that makes mochi close the connection.
+func (h *authHook) refuse(cl *mqtt.Client, codes [2]packets.Code, why string) error {
+	code := codes[0]
+	if cl.Properties.ProtocolVersion < 5 {
+		code = codes[1]
+	}
+	h.b.countLoginRefused(why)
+	_ = h.b.server.SendConnack(cl, code, false, nil)
+	return codes[0]
+}
+
+// OnConnect decides who the client is and whether it may use its client id
+// and its will, before mochi touches any session (see authHook).
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if len(pk.Connect.ClientIdentifier) > h.maxClientID {
+		return h.refuse(cl, refuseClientID, "client_id_too_long")
+	}
+	if len(pk.Connect.Username) > h.maxUsername {
+		return h.refuse(cl, refuseLogin, "username_too_long")
+	}
+	identity, codes, why := h.authenticate(cl, pk)
+	if why != "" {
+		return h.refuse(cl, codes, why)
+	}
+	if identity != "" && len(pk.Connect.Username) == 0 {
+		// A certificate login: the CN serves as the user name, as with
+		// mosquitto's use_identity_as_username, so {username} and the
+		// stored session carry it too.
+		cl.Properties.Username = []byte(identity)
+	}
+	if identity != "" && h.bind {
+		switch {
+		case pk.Connect.ClientIdentifier == "":
+			// No id asked for: the identity is the id (MQTT 5 tells the
+			// client in CONNACK's assigned client identifier).
+			cl.ID = identity
+			if cl.Properties.ProtocolVersion == 5 {
+				cl.Properties.Props.AssignedClientID = identity
+			}
+		case cl.ID != identity:
+			return h.refuse(cl, refuseClientID, "client_id_not_bound")
+		}
+	}
+	if identity == "" && h.bind {
+		if _, isUser := h.users[cl.ID]; isUser {
+			// An anonymous client (where allowed) may not pose as a user
+			// of the users file, connected or not.
+			return h.refuse(cl, refuseClientID, "client_id_of_a_user")
+		}
+	}
+	// Whatever the binding, a session belongs to the identity that made it:
+	// nobody else takes it over (its subscriptions, its receipts).
+	if existing, ok := h.b.server.Clients.Get(cl.ID); ok {
+		if existing.Net.Inline {
+			// mochi's in-process client ("inline"), which publishes the
+			// receipts: a takeover would cut the downlink.
+			return h.refuse(cl, refuseClientID, "client_id_reserved")
+		}
+		if owner := string(existing.Properties.Username); owner != "" && h.authConfigured() && owner != identity {
+			return h.refuse(cl, refuseClientID, "session_owned")
+		}
+	}
+	if pk.Connect.WillFlag {
+		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.OnACLCheck(cl, pk.Connect.WillTopic, true)
+		// mochi may end the connection before OnDisconnect runs (a failed
+		// CONNACK write): keep nothing keyed by cl from here; the ACL is
+		// expanded again at the first publish.
+		h.expanded.Delete(cl)
+		if !allowed {
+			return h.refuse(cl, refuseNotAuth, "will_denied")
+		}
+	}
+	h.approved.Store(cl, struct{}{})
+	return nil
+}
+
+func (h *authHook) authConfigured() bool { return len(h.users) > 0 || h.b.certLogin }
+
+// authenticate returns the client's identity ("" for an anonymous client),
+// or why it is refused and with which codes.
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity string, codes [2]packets.Code, why string) {
 	user := string(pk.Connect.Username)
-	if user == "" {
-		return h.allowAnonymous
+	cn := certCN(cl)
+	switch {
+	case cn != "" && (user == "" || user == cn) && len(pk.Connect.Password) == 0:
+		// A certificate verified against client_ca_file is a complete
+		// login; a user name equal to its CN adds nothing.
+		return cn, codes, ""
+	case user == "":
+		if h.anonymous[cl.Net.Listener] {
+			return "", codes, ""
+		}
+		return "", refuseLogin, "anonymous"
 	}
-	hash, ok := h.users[user]
+	hash, known := h.users[user]
+	if len(h.users) == 0 {
+		// No users file: a user name proves nothing; the client is
+		// anonymous where that is allowed.
+		if h.anonymous[cl.Net.Listener] {
+			return "", codes, ""
+		}
+		return "", refuseLogin, "unknown_user"
+	}
+	if !known {
+		hash = h.dummy
+	}
+	ok, busy := h.logins.check(cl.Net.Remote, hash, pk.Connect.Password)
+	switch {
+	case busy:
+		return "", refuseBusy, "login_backoff"
+	case !ok || !known:
+		// A name we don't know is refused even when anonymous access is
+		// on: a terminal misconfigured with credentials should hear of it.
+		return "", refuseLogin, "bad_credentials"
+	}
+	return user, codes, ""
+}
+
+// OnConnectAuthenticate confirms what OnConnect decided.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	_, ok := h.approved.LoadAndDelete(cl)
+	return ok
+}
+
+// OnPacketEncode announces topic_alias_max in a successful MQTT 5 CONNACK
+// (mochi v2.7.9 enforces its TopicAliasMaximum but never announces it, and
+// a client may use no alias it was not told of).
+func (h *authHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.TopicAliasMaximum = h.b.server.Options.Capabilities.TopicAliasMaximum
+	}
+	return pk
+}
+
+// certCN is the subject CN of the client's verified certificate, or "".
+func certCN(cl *mqtt.Client) string {
+	conn := cl.Net.Conn
+	if g, ok := conn.(*frameGuard); ok {
+		conn = g.Conn
+	}
+	tc, ok := conn.(*tls.Conn)
 	if !ok {
-		// A name we don't know is refused even when anonymous access is on:
-		// a terminal misconfigured with credentials should hear about it.
-		return len(h.users) == 0 && h.allowAnonymous
+		return ""
 	}
-	return bcrypt.CompareHashAndPassword(hash, pk.Connect.Password) == nil
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return "" // no certificate, or one nobody verified
+	}
+	return st.VerifiedChains[0][0].Subject.CommonName
 }
 
 // OnACLCheck: a publish topic must match a publish filter; a subscription
@@ -130,21 +306,20 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return false
 }
 
-// expandACL fills {client_id} and {username}. A value that contains a level
-// separator or a wildcard would widen the filter, so such an entry grants
-// nothing.
-func expandACL(pattern string, cl *mqtt.Client) (string, bool) {
+// expandACL fills {client_id}, {username} and {cert_cn}. A value that is
+// empty, or contains a level separator or a wildcard, would widen the
+// filter, so such an entry grants nothing.
+func expandACL(pattern string, cl *mqtt.Client, cn string) (string, bool) {
 	if !strings.Contains(pattern, "{") {
 		return pattern, true
 	}
-	id, user := cl.ID, string(cl.Properties.Username)
-	if strings.Contains(pattern, "{client_id}") && (id == "" || strings.ContainsAny(id, "/+#")) {
-		return "", false
+	vals := []string{"{client_id}", cl.ID, "{username}", string(cl.Properties.Username), "{cert_cn}", cn}
+	for i := 0; i < len(vals); i += 2 {
+		if strings.Contains(pattern, vals[i]) && (vals[i+1] == "" || strings.ContainsAny(vals[i+1], "/+#")) {
+			return "", false
+		}
 	}
-	if strings.Contains(pattern, "{username}") && (user == "" || strings.ContainsAny(user, "/+#")) {
-		return "", false
-	}
-	return strings.NewReplacer("{client_id}", id, "{username}", user).Replace(pattern), true
+	return strings.NewReplacer(vals...).Replace(pattern), true
 }
 
 // filterWithin reports whether every topic matched by sub is also matched by

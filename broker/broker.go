@@ -16,7 +16,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgegw/gateway/buffer"
@@ -51,12 +50,18 @@ type Broker struct {
 	downlink *downlinkHook
 	ruleSet  atomic.Pointer[rules.Set]
 
-	tcp   []*tcpListener // for Addr()
-	store *sessionStore  // closed after the ackers, see Close
+	tcp    []*tcpListener // for Addr()
+	ws     *wsListener
+	store  *sessionStore // closed after the ackers, see Close
+	limits *sessionLimits
 
 	ackers    sync.WaitGroup
 	listening atomic.Bool
 	closeOnce sync.Once
+
+	certLogin       bool // a TLS listener verifies client certificates
+	loginRefused    *prometheus.CounterVec
+	sessionsEvicted prometheus.Counter
 
 	stored   *prometheus.CounterVec
 	refused  *prometheus.CounterVec
@@ -84,6 +89,12 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumPacketSize = uint32(cfg.MQTT.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(cfg.MQTT.MaxInflight)
 	caps.MaximumInflight = uint16(max(cfg.MQTT.MaxInflight, 1024))
+	// Resource bounds (DESIGN invariant 12). mochi's defaults keep an
+	// 8,192-slot outbound queue per client, stored sessions included, and
+	// accept 65,535 topic aliases and sessions that never expire.
+	caps.MaximumClientWritesPending = int32(max(2*cfg.MQTT.MaxInflight, 64))
+	caps.TopicAliasMaximum = uint16(cfg.MQTT.TopicAliasMax)
+	caps.MaximumSessionExpiryInterval = uint32(cfg.MQTT.MaxSessionExpiry / time.Second)
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true, // receipts are published in-process
 		Capabilities: caps,
@@ -97,7 +108,23 @@ func New(opts Options) (*Broker, error) {
 			return nil, fmt.Errorf("broker: %w", err)
 		}
 	}
-	b.auth = &authHook{allowAnonymous: cfg.MQTT.AllowAnonymous, users: users}
+	b.certLogin = cfg.MQTT.TLS.Address != "" && cfg.MQTT.TLS.ClientCAFile != ""
+	b.auth = &authHook{
+		b:     b,
+		users: users,
+		anonymous: map[string]bool{
+			"tcp": cfg.MQTT.AnonymousTCP,
+			"tls": cfg.MQTT.AnonymousTLS,
+			"ws":  cfg.MQTT.AnonymousWebsocket,
+		},
+		bind:        cfg.MQTT.BindsClientID(),
+		maxClientID: cfg.MQTT.MaxClientIDLength,
+		maxUsername: cfg.MQTT.MaxUsernameLength,
+		logins:      newLoginGuard(),
+	}
+	if len(users) > 0 {
+		b.auth.dummy = dummyHash(users)
+	}
 	acl := cfg.ACL
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
@@ -111,8 +138,16 @@ func New(opts Options) (*Broker, error) {
 		Name: "gateway_ingest_refused_total",
 		Help: "Publishes refused (never acknowledged as success), by route and reason.",
 	}, []string{"route", "reason"})
+	b.loginRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gateway_mqtt_connect_refused_total",
+		Help: "CONNECTs refused by the gateway's checks, by reason (bad_credentials, anonymous, client_id_not_bound, session_owned, will_denied, login_backoff, ...).",
+	}, []string{"reason"})
+	b.sessionsEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_mqtt_sessions_evicted_total",
+		Help: "Stored sessions of offline clients removed because mqtt.max_sessions was reached (longest offline first).",
+	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused} {
+		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -144,6 +179,12 @@ func New(opts Options) (*Broker, error) {
 		}
 	}
 
+	b.limits = &sessionLimits{b: b, log: lg, expiry: cfg.MQTT.MaxSessionExpiry, max: cfg.MQTT.MaxSessions,
+		now: time.Now, offline: map[string]time.Time{}}
+	if err := b.server.AddHook(b.limits, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+
 	// After the session store: it asks the downlink hook whether a completed
 	// packet was a downlink one before the hook forgets it.
 	if err := b.server.AddHook(b.downlink, nil); err != nil {
@@ -161,26 +202,28 @@ func (b *Broker) Quarantined() string { return b.quarantined }
 
 func (b *Broker) addListeners(cfg *config.Config) error {
 	maxPacket := uint32(cfg.MQTT.MaxPacketSize)
+	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize)}
 	if cfg.MQTT.Address != "" {
-		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket)
+		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.address %s: %w", cfg.MQTT.Address, err)
 		}
 	}
 	if t := cfg.MQTT.TLS; t.Address != "" {
-		tc, err := serverTLS(t)
+		tc, err := serverTLS(t, cfg.MQTT.UsersFile != "")
 		if err != nil {
 			return err
 		}
-		l := newTCPListener("tls", t.Address, tc, maxPacket)
+		l := newTCPListener("tls", t.Address, tc, maxPacket, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.tls.address %s: %w", t.Address, err)
 		}
 	}
 	if cfg.MQTT.WebsocketAddress != "" {
-		ws := listeners.NewWebsocket(listeners.Config{ID: "ws", Address: cfg.MQTT.WebsocketAddress})
+		ws := newWSListener("ws", cfg.MQTT.WebsocketAddress, maxPacket, limits)
+		b.ws = ws
 		if err := b.server.AddListener(ws); err != nil {
 			return fmt.Errorf("broker: mqtt.websocket_address %s: %w", cfg.MQTT.WebsocketAddress, err)
 		}
@@ -188,7 +231,10 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 	return nil
 }
 
-func serverTLS(t config.ListenerTLS) (*tls.Config, error) {
+// serverTLS builds the TLS listener's config. With client_ca_file, a client
+// certificate is verified when presented; it is required unless passwords
+// (a users file) are another way in.
+func serverTLS(t config.ListenerTLS, passwords bool) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("broker: mqtt.tls.cert_file/key_file: %w", err)
@@ -205,6 +251,9 @@ func serverTLS(t config.ListenerTLS) (*tls.Config, error) {
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		if passwords {
+			tc.ClientAuth = tls.VerifyClientCertIfGiven
+		}
 	}
 	return tc, nil
 }
@@ -214,6 +263,7 @@ func (b *Broker) Start() error {
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	b.limits.restore()
 	b.listening.Store(true)
 	return nil
 }
@@ -221,13 +271,16 @@ func (b *Broker) Start() error {
 // Listening reports whether the MQTT listeners are serving.
 func (b *Broker) Listening() bool { return b.listening.Load() }
 
-// Addr returns the bound address of a TCP listener ("tcp" or "tls"); useful
+// Addr returns the bound address of a listener ("tcp", "tls" or "ws"); useful
 // with ":0" in tests.
 func (b *Broker) Addr(id string) string {
 	for _, l := range b.tcp {
 		if l.id == id {
 			return l.Address()
 		}
+	}
+	if id == "ws" && b.ws != nil {
+		return b.ws.Address()
 	}
 	return ""
 }
@@ -288,9 +341,15 @@ func (b *Broker) Close() error {
 		case <-time.After(10 * time.Second):
 			b.log.Warn("broker: some client ackers did not finish within 10s")
 		}
+		err = errors.Join(err, b.limits.close())
 		if b.store != nil {
 			err = errors.Join(err, b.store.Close())
 		}
 	})
 	return err
+}
+
+func (b *Broker) countLoginRefused(reason string) {
+	b.loginRefused.WithLabelValues(reason).Inc()
+	b.logs.Warn(b.log, "connect/"+reason, "connect refused (logged once per reason; see gateway_mqtt_connect_refused_total)", "reason", reason)
 }

@@ -38,10 +38,14 @@ func (e *events) acked() int {
 	return len(e.acks)
 }
 
-// subscribe subscribes and returns the publishes that came before the
-// SUBACK (the downlink may be sent from the subscribe hook).
+// subscribe subscribes, fails the test if the SUBACK refuses, and returns
+// the publishes that came before the SUBACK (the downlink may be sent from
+// the subscribe hook).
 func (c *rawClient) subscribe(pid uint16, filter string, qos byte) [][]byte {
 	body := binary.BigEndian.AppendUint16(nil, pid)
+	if c.version == 5 {
+		body = append(body, 0) // no properties
+	}
 	body = appendStr(body, filter)
 	body = append(body, qos)
 	c.send(0x82, body)
@@ -50,6 +54,9 @@ func (c *rawClient) subscribe(pid uint16, filter string, qos byte) [][]byte {
 		typ, b := c.read()
 		switch typ {
 		case 9:
+			if b[len(b)-1] >= 0x80 {
+				c.t.Fatalf("subscribe %s refused: %v", filter, b)
+			}
 			return early
 		case 3:
 			early = append(early, b)

@@ -58,7 +58,7 @@ func (h *ingestHook) ID() string { return "gateway-ingest" }
 
 func (h *ingestHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketRead:
+	case mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnWillSent:
 		return true
 	}
 	return false
@@ -141,6 +141,25 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	st.queue <- f
 	return pk, packets.ErrRejectPacket
+}
+
+// OnWillSent puts a will that matches a route into the uplink buffer, like
+// a publish (terminal presence is what operators want to see in Kafka).
+// mochi publishes wills to local subscribers itself, without OnPublish; the
+// will's topic passed the publish ACL when its CONNECT was accepted.
+func (h *ingestHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	b := h.b
+	route := b.rules().Match(pk.TopicName)
+	if route == nil {
+		return
+	}
+	rec := b.record(cl, pk, route)
+	err := b.buf.Append(&buffer.Append{Record: rec, Done: func(r buffer.Result) {
+		b.countStored(route.Name, r)
+	}})
+	if err != nil {
+		b.countRefused(route.Name, "write_failed")
+	}
 }
 
 var connIDs atomic.Uint64

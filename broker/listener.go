@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // tcpListener is a mochi listener (plain TCP or TLS) whose connections are
@@ -21,14 +23,29 @@ type tcpListener struct {
 	tlsConfig   *tls.Config
 	maxPacket   uint32
 	log         *slog.Logger
+	limits      connLimits
 
 	listen net.Listener
 	end    atomic.Bool
 	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // accepted and not yet ended, for Close
 }
 
-func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32) *tcpListener {
-	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, maxPacket: maxPacket}
+func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32, limits connLimits) *tcpListener {
+	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, maxPacket: maxPacket, limits: limits}
+}
+
+// connLimits bound what a connection may hold before its CONNECT is
+// accepted (DESIGN invariant 12).
+type connLimits struct {
+	// connectTimeout covers the TLS handshake and reading CONNECT; mochi
+	// replaces the deadline with the keepalive one once CONNECT is in.
+	connectTimeout time.Duration
+	// maxConnect is the largest CONNECT taken; a larger one is refused from
+	// its fixed header, before mochi allocates its body.
+	maxConnect uint32
 }
 
 func (l *tcpListener) ID() string { return l.id }
@@ -77,10 +94,42 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		if tc, ok := conn.(*net.TCPConn); ok {
 			_ = tc.SetKeepAlivePeriod(30 * time.Second)
 		}
+		l.mu.Lock()
+		if l.end.Load() { // Close already ran its sweep
+			l.mu.Unlock()
+			_ = conn.Close()
+			return
+		}
+		if l.conns == nil {
+			l.conns = map[net.Conn]struct{}{}
+		}
+		l.conns[conn] = struct{}{}
 		l.wg.Add(1)
+		l.mu.Unlock()
 		go func() {
 			defer l.wg.Done()
-			err := establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket})
+			defer func() {
+				l.mu.Lock()
+				delete(l.conns, conn)
+				l.mu.Unlock()
+			}()
+			deadline := time.Now().Add(l.limits.connectTimeout)
+			_ = conn.SetDeadline(deadline)
+			if tc, ok := conn.(*tls.Conn); ok {
+				// Handshake here, under the deadline, so a stranger who
+				// never finishes it costs no mochi client at all.
+				ctx, cancel := context.WithDeadline(context.Background(), deadline)
+				err := tc.HandshakeContext(ctx)
+				cancel()
+				if err != nil {
+					_ = conn.Close()
+					if l.log != nil {
+						l.log.Debug("mqtt tls handshake failed", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
+					}
+					return
+				}
+			}
+			err := establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket, maxConnect: l.limits.maxConnect})
 			if err != nil && l.log != nil {
 				l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
 			}
@@ -88,12 +137,25 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// Close stops accepting, ends the clients, and also the connections still
+// in their TLS handshake or before CONNECT, then waits for every connection
+// goroutine to return. mochi waits for its clients right after (a
+// WaitGroup that connections Add to); waiting here first orders those Adds
+// before that Wait, and shutdown does not sit out anyone's connect_timeout.
 func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
 	l.end.Store(true)
+	l.mu.Unlock()
 	if l.listen != nil {
 		_ = l.listen.Close()
 	}
 	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
 }
 
 // frameGuard follows the MQTT framing of the bytes read from a connection:
@@ -103,7 +165,8 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 // header right after and closes the connection.
 type frameGuard struct {
 	net.Conn
-	max uint32
+	max        uint32
+	maxConnect uint32 // 0: no limit beyond max
 
 	mu        sync.Mutex
 	state     int // 0 type byte, 1 remaining length, 2 body
@@ -115,7 +178,14 @@ type frameGuard struct {
 	body      []byte // the first bytes of CONNECT, to find the protocol level
 	version   byte
 	tooLarge  bool
+	// connectTooLarge: the first packet announced more than maxConnect
+	// bytes; reads fail from then on.
+	connectTooLarge bool
 }
+
+// errConnectTooLarge ends a connection whose CONNECT announces more than
+// mqtt.max_connect_size.
+var errConnectTooLarge = errors.New("CONNECT larger than mqtt.max_connect_size")
 
 const (
 	guardType = iota
@@ -128,17 +198,40 @@ const (
 const writeDeadline = 30 * time.Second
 
 func (g *frameGuard) Write(p []byte) (int, error) {
+	if len(p) > 0 && p[0] == packets.Disconnect<<4 {
+		g.mu.Lock()
+		v := g.version
+		g.mu.Unlock()
+		if v == 3 || v == 4 {
+			// MQTT 3.1.1 has no server DISCONNECT (mochi v2.7.9 sends one,
+			// e.g. to a client whose session is taken over): the connection
+			// is just closed.
+			return len(p), nil
+		}
+	}
 	_ = g.Conn.SetWriteDeadline(time.Now().Add(writeDeadline))
 	return g.Conn.Write(p)
 }
 
 func (g *frameGuard) Read(p []byte) (int, error) {
+	g.mu.Lock()
+	refused := g.connectTooLarge
+	g.mu.Unlock()
+	if refused {
+		return 0, errConnectTooLarge
+	}
 	n, err := g.Conn.Read(p)
-	if n > 0 && g.max > 0 {
+	if n > 0 && (g.max > 0 || g.maxConnect > 0) {
 		g.mu.Lock()
 		tooLarge := g.scan(p[:n])
-		version := g.version
+		version, refused := g.version, g.connectTooLarge
 		g.mu.Unlock()
+		if refused {
+			// Nothing of it reaches mochi, which would allocate the whole
+			// announced body and wait for it.
+			_ = g.Conn.Close()
+			return 0, errConnectTooLarge
+		}
 		if tooLarge && version == 5 {
 			// DISCONNECT, remaining length 1, reason code 0x95.
 			_, _ = g.Write([]byte{0xE0, 0x01, 0x95})
@@ -169,7 +262,11 @@ func (g *frameGuard) scan(b []byte) bool {
 				continue
 			}
 			// fixed header complete
-			if g.remaining+1 > g.max {
+			if !g.first && g.maxConnect > 0 && g.remaining+1 > g.maxConnect {
+				g.connectTooLarge = true
+				return false
+			}
+			if g.max > 0 && g.remaining+1 > g.max {
 				g.tooLarge = true
 				return true
 			}

@@ -17,6 +17,8 @@ type rawClient struct {
 	conn    net.Conn
 	r       *bufio.Reader
 	version byte
+
+	lastConnack []byte // the CONNACK body rawConnect read
 }
 
 func dialRaw(t testing.TB, addr string, version byte, clientID string, clean bool) *rawClient {

@@ -247,9 +247,37 @@ func (s *sessionStore) delClient(id string) {
 	}
 	s.mu.Unlock()
 	s.del(storage.ClientKey + "_" + id)
+	s.del(offlineKeyPrefix + id)
 	for _, k := range keys {
 		s.del(k)
 	}
+}
+
+// offlineKeyPrefix starts the keys of the times clients went offline (see
+// sessionLimits); mochi's loaders read other prefixes only.
+const offlineKeyPrefix = "GWOFF_"
+
+// withPrefix returns the stored values whose keys start with prefix, by the
+// rest of the key (pending changes included).
+func (s *sessionStore) withPrefix(prefix string) map[string][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][]byte{}
+	for k, v := range s.cur {
+		if strings.HasPrefix(k, prefix) {
+			out[k[len(prefix):]] = v
+		}
+	}
+	for k, v := range s.pending {
+		if strings.HasPrefix(k, prefix) {
+			if v == nil {
+				delete(out, k[len(prefix):])
+			} else {
+				out[k[len(prefix):]] = v
+			}
+		}
+	}
+	return out
 }
 
 // persistent: the session outlives the connection, so it is worth storing.

@@ -33,7 +33,27 @@ type MQTT struct {
 	UsersFile        string // lines "username:bcrypt-hash"
 	MaxPacketSize    int64  // bytes; larger publishes are refused
 	MaxInflight      int    // per client: unacknowledged QoS>0 publishes in each direction
+
+	// ClientIDBinding is "identity" (with authentication configured, a
+	// client id must equal the username, or the certificate's subject CN for
+	// a certificate login) or "any" (no binding).
+	ClientIDBinding string
+	// AnonymousTCP, AnonymousTLS and AnonymousWebsocket are allow_anonymous
+	// per listener: mqtt.allow_anonymous unless overridden.
+	AnonymousTCP, AnonymousTLS, AnonymousWebsocket bool
+
+	ConnectTimeout    time.Duration // TLS handshake + CONNECT; silent connections are closed after it
+	MaxConnectSize    int64         // bytes; a larger CONNECT is refused before it is read
+	MaxSessionExpiry  time.Duration // persistent sessions of offline clients end after this
+	MaxSessions       int           // stored sessions; beyond it the longest-offline go first
+	TopicAliasMax     int           // announced in CONNACK and enforced; 0 = no aliases
+	MaxClientIDLength int           // bytes
+	MaxUsernameLength int           // bytes
 }
+
+// BindsClientID reports whether an authenticated client's id must be its
+// identity.
+func (m *MQTT) BindsClientID() bool { return m.ClientIDBinding != "any" }
 
 // ListenerTLS is the MQTT-over-TLS listener.
 type ListenerTLS struct {
@@ -121,8 +141,8 @@ type Receipts struct {
 	ConfirmTopic string // "" disables confirmations
 }
 
-// ACL lists topic filters a client may publish and subscribe to; {client_id}
-// and {username} expand per client.
+// ACL lists topic filters a client may publish and subscribe to; {client_id},
+// {username} and {cert_cn} expand per client.
 type ACL struct {
 	Publish   []string
 	Subscribe []string
@@ -130,7 +150,9 @@ type ACL struct {
 
 // Admin is the HTTP admin endpoint.
 type Admin struct {
-	Address string // "" disables
+	Address   string // "" disables
+	TokenFile string // set: every request but /healthz needs "Authorization: Bearer <token>"
+	Pprof     bool   // serve /debug/pprof/
 }
 
 // Log configures the process logger.

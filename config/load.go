@@ -69,6 +69,21 @@ var defaults = map[string]any{
 	"admin.address":             "127.0.0.1:9100",
 	"log.level":                 "info",
 	"log.format":                "text",
+
+	// Identity and resource bounds (issue 9).
+	"mqtt.client_id_binding":         "identity",
+	"mqtt.tcp_allow_anonymous":       "",
+	"mqtt.tls.allow_anonymous":       "",
+	"mqtt.websocket_allow_anonymous": "",
+	"mqtt.connect_timeout":           "10s",
+	"mqtt.max_connect_size":          "16KiB",
+	"mqtt.max_session_expiry":        "720h",
+	"mqtt.max_sessions":              "100000",
+	"mqtt.topic_alias_max":           "16",
+	"mqtt.max_client_id_length":      "128",
+	"mqtt.max_username_length":       "128",
+	"admin.token_file":               "",
+	"admin.pprof":                    "false",
 }
 
 // raw mirrors the YAML with every scalar as a string, so that all parsing (and
@@ -83,12 +98,25 @@ type raw struct {
 			CertFile     string `mapstructure:"cert_file"`
 			KeyFile      string `mapstructure:"key_file"`
 			ClientCAFile string `mapstructure:"client_ca_file"`
+
+			AllowAnonymous string `mapstructure:"allow_anonymous"`
 		} `mapstructure:"tls"`
 		WebsocketAddress string `mapstructure:"websocket_address"`
 		AllowAnonymous   string `mapstructure:"allow_anonymous"`
 		UsersFile        string `mapstructure:"users_file"`
 		MaxPacketSize    string `mapstructure:"max_packet_size"`
 		MaxInflight      string `mapstructure:"max_inflight"`
+
+		ClientIDBinding         string `mapstructure:"client_id_binding"`
+		TCPAllowAnonymous       string `mapstructure:"tcp_allow_anonymous"`
+		WebsocketAllowAnonymous string `mapstructure:"websocket_allow_anonymous"`
+		ConnectTimeout          string `mapstructure:"connect_timeout"`
+		MaxConnectSize          string `mapstructure:"max_connect_size"`
+		MaxSessionExpiry        string `mapstructure:"max_session_expiry"`
+		MaxSessions             string `mapstructure:"max_sessions"`
+		TopicAliasMax           string `mapstructure:"topic_alias_max"`
+		MaxClientIDLength       string `mapstructure:"max_client_id_length"`
+		MaxUsernameLength       string `mapstructure:"max_username_length"`
 	} `mapstructure:"mqtt"`
 	Kafka struct {
 		Brokers     []string `mapstructure:"brokers"`
@@ -135,7 +163,9 @@ type raw struct {
 		Subscribe []string `mapstructure:"subscribe"`
 	} `mapstructure:"acl"`
 	Admin struct {
-		Address string `mapstructure:"address"`
+		Address   string `mapstructure:"address"`
+		TokenFile string `mapstructure:"token_file"`
+		Pprof     string `mapstructure:"pprof"`
 	} `mapstructure:"admin"`
 	Log struct {
 		Level  string `mapstructure:"level"`

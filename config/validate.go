@@ -139,6 +139,7 @@ func (r *raw) validate() (*Config, error) {
 	}
 	m.MaxPacketSize = c.integer("mqtt.max_packet_size", r.MQTT.MaxPacketSize, 64, 268435455)
 	m.MaxInflight = int(c.integer("mqtt.max_inflight", r.MQTT.MaxInflight, 1, 65535))
+	c.mqttIdentity(r, m)
 
 	// kafka
 	k := &cfg.Kafka
@@ -302,6 +303,12 @@ func (r *raw) validate() (*Config, error) {
 	cfg.ACL = ACL{Publish: r.ACL.Publish, Subscribe: r.ACL.Subscribe}
 
 	cfg.Admin.Address = r.Admin.Address
+	cfg.Admin.TokenFile = r.Admin.TokenFile
+	c.fileExists("admin.token_file", cfg.Admin.TokenFile)
+	cfg.Admin.Pprof = c.boolean("admin.pprof", r.Admin.Pprof)
+	if cfg.Admin.Address == "" && (cfg.Admin.TokenFile != "" || cfg.Admin.Pprof) {
+		c.addf("admin.address", "is empty (admin endpoint disabled) but admin.token_file or admin.pprof is set")
+	}
 	cfg.Log.Level = c.oneOf("log.level", strings.ToLower(r.Log.Level), "debug", "info", "warn", "error")
 	cfg.Log.Format = c.oneOf("log.format", strings.ToLower(r.Log.Format), "text", "json")
 
@@ -314,7 +321,7 @@ func (r *raw) validate() (*Config, error) {
 // expandACL fills the ACL placeholders with a harmless value so the filter's
 // shape can be checked.
 func expandACL(f string) string {
-	return strings.NewReplacer("{client_id}", "c", "{username}", "u").Replace(f)
+	return strings.NewReplacer("{client_id}", "c", "{username}", "u", "{cert_cn}", "n").Replace(f)
 }
 
 func expandGatewayID(s, id string) string { return strings.ReplaceAll(s, "{gateway_id}", id) }

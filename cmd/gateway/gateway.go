@@ -115,7 +115,14 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 		return nil, err
 	}
 	if cfg.Admin.Address != "" {
-		g.adm, err = admin.New(cfg.Admin.Address, g.adminSources(cfg, reg), log.With("component", "admin"))
+		src := g.adminSources(cfg, reg)
+		src.Pprof = cfg.Admin.Pprof
+		if cfg.Admin.TokenFile != "" {
+			if src.Token, err = admin.ReadToken(cfg.Admin.TokenFile); err != nil {
+				return nil, err
+			}
+		}
+		g.adm, err = admin.New(cfg.Admin.Address, src, log.With("component", "admin"))
 		if err != nil {
 			return nil, err
 		}

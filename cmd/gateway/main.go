@@ -34,11 +34,13 @@ const usage = `usage:
                                  and show what it would change in the gateway
                                  running behind admin address ADDR
   gateway status [--admin ADDR]  summary from a running gateway's admin endpoint
+                 [--config FILE] [--token-file FILE]
   gateway version                version, commit, Go version, platform
   gateway buffer ls|peek|stats --data-dir DIR
                                  read-only look inside the buffer
   gateway deadletter ls|resend|drop [--data-dir DIR] [--admin ADDR]
                                  records Kafka refused for good
+  gateway passwd USER            read a password, print a users-file line (bcrypt)
 `
 
 // Exit codes.
@@ -69,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdBuffer(args[1:], stdout, stderr)
 	case "deadletter":
 		return cmdDeadLetter(args[1:], stdout, stderr)
+	case "passwd":
+		return cmdPasswd(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
@@ -167,24 +171,38 @@ func cmdRun(args []string, stderr io.Writer) int {
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("status", stderr)
 	addr := fs.String("admin", "", "admin endpoint address (default: admin.address of --config, else 127.0.0.1:9100)")
-	path := fs.String("config", "", "read the admin address from this config file")
+	path := fs.String("config", "", "read the admin address (and admin.token_file) from this config file")
+	tokenFile := fs.String("token-file", "", "bearer token for the admin endpoint (default: admin.token_file of --config)")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return exitUsage
 	}
-	if *addr == "" && *path != "" {
+	if *path != "" {
 		cfg, err := config.Load(*path)
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return exitUsage
 		}
-		*addr = cfg.Admin.Address
+		if *addr == "" {
+			*addr = cfg.Admin.Address
+		}
+		if *tokenFile == "" {
+			*tokenFile = cfg.Admin.TokenFile
+		}
+	}
+	token := ""
+	if *tokenFile != "" {
+		var err error
+		if token, err = admin.ReadToken(*tokenFile); err != nil {
+			fmt.Fprintf(stderr, "gateway status: %v\n", err)
+			return exitUsage
+		}
 	}
 	if *addr == "" {
 		*addr = "127.0.0.1:9100"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := admin.FetchStatus(ctx, *addr)
+	st, err := admin.FetchStatusWithToken(ctx, *addr, token)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway status: %v\n", err)
 		return exitFailure

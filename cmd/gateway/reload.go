@@ -326,7 +326,16 @@ func cmdCheckAgainst(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	running, err := admin.FetchConfig(ctx, *addr)
+	var err error
+	token := ""
+	if cfg.Admin.TokenFile != "" {
+		// the file checked names the token of the gateway it will run
+		if token, err = admin.ReadToken(cfg.Admin.TokenFile); err != nil {
+			fmt.Fprintf(stderr, "gateway check: %v\n", err)
+			return exitUsage
+		}
+	}
+	running, err := admin.FetchConfigWithToken(ctx, *addr, token)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway check: %v\n", err)
 		return exitFailure
