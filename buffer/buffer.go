@@ -21,6 +21,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgegw/gateway/internal/failpoint"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
@@ -464,6 +466,7 @@ func (b *Buffer) commit(batch []*Append) {
 		if err := tx.Bucket(metaBucket).Put(seqKeyName, seqKey(s)); err != nil {
 			return err
 		}
+		failpoint.Hit(failpoint.BufferCommitBeforeSync)
 		if b.opts.BeforeCommit != nil {
 			return b.opts.BeforeCommit(seqs)
 		}
@@ -591,6 +594,7 @@ func (b *Buffer) Delete(refs []Ref) error {
 				return err
 			}
 		}
+		failpoint.Hit(failpoint.BufferLazyDelete)
 		return nil
 	})
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgegw/gateway/internal/failpoint"
+
 	"github.com/edgegw/gateway/internal/wire"
 )
 
@@ -177,6 +179,7 @@ func (o *outbox) store(in []incoming, now time.Time) ([]receipt, error) {
 				return err
 			}
 		}
+		failpoint.Hit(failpoint.ReceiptsOutboxWrite)
 		return meta.Put(keySeq, binary.BigEndian.AppendUint64(nil, seq))
 	})
 	if err != nil {
