@@ -208,6 +208,12 @@ routes:
 		if t.Failed() {
 			t.Logf("gateway log (tail):\n%s", g.tail(80))
 		}
+		// FAULTS_LOGS=dir keeps every scenario's gateway log for reading
+		if dir := os.Getenv("FAULTS_LOGS"); dir != "" {
+			name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + ".log"
+			_ = os.MkdirAll(dir, 0o755)
+			_ = os.WriteFile(filepath.Join(dir, name), []byte(g.logs.String()), 0o644)
+		}
 	})
 	return g
 }

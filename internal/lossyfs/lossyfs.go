@@ -86,12 +86,23 @@ type Faults struct {
 	// FsyncEIOMatch, if set, limits FsyncEIO to files whose base name
 	// contains it (e.g. "buffer.db").
 	FsyncEIOMatch string
+	// FsyncEIOKeepsPages models what Linux filesystems commonly do after a
+	// failed fsync: the written pages stay readable (the page cache keeps
+	// them, marked clean) but never reach the disk, not even with a later
+	// successful fsync; a power cut loses them. False: they are dropped at
+	// once and reads go back to the synced bytes.
+	FsyncEIOKeepsPages bool
 	// FsyncDelay is added to every fsync of a file or directory (eMMC and SD
 	// cards take 5-20 ms).
 	FsyncDelay time.Duration
 	// ReadOnly refuses every change with EROFS, including opening a file for
 	// writing and fsyncing a file that has unsynced changes.
 	ReadOnly bool
+	// BeforeFsync, if set, is called as an fsync of a file or directory
+	// (backing path) begins, before FsyncDelay. A fault test kills the
+	// process there: an fsync whose caller dies during the delay does not
+	// happen, so the cut lands inside that commit.
+	BeforeFsync func(path string, dir bool)
 }
 
 // Stats count what the filesystem saw since Mount.
@@ -141,18 +152,70 @@ type rename struct {
 	fromSynced, toSynced bool
 }
 
-// op is one unsynced change: a write of data at off, or (data == nil) a
-// size change to off.
+// op is one change: a write of data at off, or (data == nil) a size change
+// to off.
 type op struct {
 	off  int64
 	data []byte
+	kind opKind
 }
 
+type opKind uint8
+
+const (
+	pending opKind = iota // not synced yet
+	ghost                 // its fsync failed: readable, never durable
+	synced                // in the backing file; kept only to order reads after a ghost
+)
+
+// fileState is a file's history since it was last fully in its backing
+// file: reads replay it, in order, over the backing bytes.
 type fileState struct {
-	path       string // backing path, for a cut after the handle closed
-	syncedSize int64  // the backing file's size (unchanged until a sync)
-	size       int64  // the size readers see
-	ops        []op
+	path string // backing path, for a cut after the handle closed
+	size int64  // the size readers see
+	ops  []op
+}
+
+// pending returns the changes not yet synced.
+func (st *fileState) pending() []op {
+	var out []op
+	for _, o := range st.ops {
+		if o.kind == pending {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// settle marks the pending changes as kind (synced or ghost) or, with drop,
+// removes them; it reports whether the state can go (nothing left that
+// reads need).
+func (st *fileState) settle(kind opKind, drop bool, backingSize int64) (done bool) {
+	kept := st.ops[:0]
+	ghosts := false
+	for _, o := range st.ops {
+		if o.kind == pending {
+			if drop {
+				continue
+			}
+			o.kind = kind
+		}
+		ghosts = ghosts || o.kind == ghost
+		kept = append(kept, o)
+	}
+	st.ops = kept
+	if !ghosts {
+		return true
+	}
+	st.size = backingSize
+	for _, o := range st.ops {
+		if o.data == nil {
+			st.size = o.off
+		} else {
+			st.size = max(st.size, o.off+int64(len(o.data)))
+		}
+	}
+	return false
 }
 
 // Available reports whether this process can mount FUSE filesystems (root
@@ -267,7 +330,7 @@ func (f *FS) Pending() int {
 	defer f.mu.Unlock()
 	n := 0
 	for _, st := range f.files {
-		n += len(st.ops)
+		n += len(st.pending())
 	}
 	return n
 }
@@ -300,7 +363,7 @@ func (f *FS) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for ino, st := range f.files {
-		if e := st.applyPath(st.ops); e != nil && err == nil {
+		if e := st.applyPath(st.pending()); e != nil && err == nil {
 			err = e
 		}
 		delete(f.files, ino)
@@ -323,8 +386,9 @@ func (f *FS) PowerCut(mode Mode) error {
 	f.stats.PowerCuts++
 	for _, ino := range sortedInos(f.files) {
 		st := f.files[ino]
-		keep := f.choose(mode, st.ops)
-		f.stats.LostWrites += int64(len(st.ops) - len(keep))
+		p := st.pending()
+		keep := f.choose(mode, p)
+		f.stats.LostWrites += int64(len(p) - len(keep))
 		if len(keep) > 0 {
 			_ = st.applyPath(keep)
 		}
@@ -404,7 +468,7 @@ func (f *FS) state(ino uint64, fd int, path string) (*fileState, error) {
 	if err := syscall.Fstat(fd, &s); err != nil {
 		return nil, err
 	}
-	st := &fileState{path: path, syncedSize: s.Size, size: s.Size}
+	st := &fileState{path: path, size: s.Size}
 	f.files[ino] = st
 	return st, nil
 }
@@ -418,11 +482,10 @@ func (st *fileState) read(fd int, buf []byte, off int64) (int, error) {
 	n := int(min(int64(len(buf)), st.size-off))
 	buf = buf[:n]
 	clear(buf)
-	if off < st.syncedSize {
-		m := int(min(int64(n), st.syncedSize-off))
-		if _, err := preadFull(fd, buf[:m], off); err != nil {
-			return 0, err
-		}
+	// the backing bytes (zeros past its end), then every change in order:
+	// the result is the file's whole history, whatever part is synced
+	if _, err := preadFull(fd, buf, off); err != nil {
+		return 0, err
 	}
 	end := off + int64(n)
 	for _, o := range st.ops {

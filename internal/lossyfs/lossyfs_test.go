@@ -516,3 +516,40 @@ func boltCheck(path string) {
 	}
 	fmt.Printf("keys %d\n", n)
 }
+
+// With FsyncEIOKeepsPages the data of a failed fsync stays readable but
+// never reaches the disk, not even with the next successful fsync.
+func TestFsyncEIOKeepsPagesUntilTheCut(t *testing.T) {
+	f := mount(t)
+	p := filepath.Join(f.Mountpoint(), "db")
+	fh, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAt(t, fh, "good", 0)
+	if err := fh.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	writeAt(t, fh, "lost", 4)
+	f.SetFaults(Faults{FsyncEIO: 1, FsyncEIOKeepsPages: true})
+	if err := fh.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("fsync: %v, want EIO", err)
+	}
+	writeAt(t, fh, "next", 8)
+	if err := fh.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	if got := readFile(t, p); got != "goodlostnext" {
+		t.Fatalf("reads %q, want the failed write still visible", got)
+	}
+	if got := readFile(t, filepath.Join(f.Backing(), "db")); got != "good\x00\x00\x00\x00next" {
+		t.Fatalf("backing %q: the failed write must never reach it", got)
+	}
+	if err := f.PowerCut(DropAll); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, p); got != "good\x00\x00\x00\x00next" {
+		t.Fatalf("after the cut %q", got)
+	}
+}

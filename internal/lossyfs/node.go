@@ -364,8 +364,11 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
 	fsys := n.fs
 	fsys.mu.Lock()
-	delay := fsys.faults.FsyncDelay
+	delay, hook := fsys.faults.FsyncDelay, fsys.faults.BeforeFsync
 	fsys.mu.Unlock()
+	if hook != nil {
+		hook(n.backingPath(), n.IsDir())
+	}
 	if delay > 0 {
 		t := time.NewTimer(delay)
 		select {
@@ -391,46 +394,54 @@ func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall
 	}
 	fsys.mu.Lock()
 	st := fsys.files[s.Ino]
+	var todo []op
+	if st != nil {
+		todo = st.pending()
+	}
 	x := &fsys.faults
 	if x.FsyncEIO > 0 && (x.FsyncEIOMatch == "" || containsBase(n.backingPath(), x.FsyncEIOMatch)) {
 		x.FsyncEIO--
 		fsys.stats.FailedFsyncs++
-		lost := st != nil && len(st.ops) > 0
-		if st != nil {
-			fsys.stats.LostWrites += int64(len(st.ops))
+		fsys.stats.LostWrites += int64(len(todo))
+		if st != nil && st.settle(ghost, !x.FsyncEIOKeepsPages, backingSize(fd)) {
 			delete(fsys.files, s.Ino)
 		}
 		fsys.mu.Unlock()
-		if lost {
+		if len(todo) > 0 && !x.FsyncEIOKeepsPages {
 			// What readers see must drop back to the synced bytes. Not
 			// from inside this request: the kernel holds the inode.
 			go n.NotifyContent(0, 0)
 		}
 		return syscall.EIO
 	}
-	if st != nil && len(st.ops) > 0 && x.ReadOnly {
+	if len(todo) > 0 && x.ReadOnly {
 		fsys.stats.ReadOnly++
 		fsys.mu.Unlock()
 		return syscall.EROFS
 	}
-	var err error
-	if st != nil {
-		// apply under the lock: a write racing the sync must not slip
-		// between applying and forgetting
-		err = apply(fd, st.ops)
-		if err == nil {
-			delete(fsys.files, s.Ino)
-		}
-	}
+	// apply under the lock: a write racing the sync must not slip between
+	// applying and forgetting
+	err := apply(fd, todo)
 	if err == nil {
 		err = syscall.Fdatasync(fd)
 	}
 	if err == nil {
+		if st != nil && st.settle(synced, false, backingSize(fd)) {
+			delete(fsys.files, s.Ino)
+		}
 		fsys.stats.Fsyncs++
 		delete(fsys.created, s.Ino) // fsync of a new file makes its name durable too
 	}
 	fsys.mu.Unlock()
 	return fs.ToErrno(err)
+}
+
+func backingSize(fd int) int64 {
+	var s syscall.Stat_t
+	if syscall.Fstat(fd, &s) != nil {
+		return 0
+	}
+	return s.Size
 }
 
 func containsBase(path, sub string) bool {
