@@ -206,6 +206,18 @@ func TestDiskFull(t *testing.T) {
 	acked := pubs.ackedSet()
 	lost, dups := verifyUplink(t, r.kafka.Addrs, acked, pick(30*time.Second, 120*time.Second))
 	notes = append(notes, "refused: "+pubs.refusals())
+	pubs.mu.Lock()
+	quota, other := pubs.refused[0x97], int64(0)
+	for code, n := range pubs.refused {
+		if code != 0x97 {
+			other += n
+		}
+	}
+	pubs.mu.Unlock()
+	if quota == 0 || other > 0 {
+		// CONTRACT §3: a refusal the terminal should retry later is 0x97
+		fail(t, "refusals while the disk was full: %s, want only 0x97 quota exceeded", pubs.refusals())
+	}
 	report(t, row{Fault: "disk full (ENOSPC)", Runs: runs, Acked: int64(len(acked)), Lost: lost, Dups: dups, Recover: worst,
 		Note: strings.Join(notes, " | ")})
 }
@@ -382,5 +394,59 @@ func TestSlowStorage(t *testing.T) {
 	lost, dups := verifyUplink(t, r.kafka.Addrs, acked, pick(30*time.Second, 120*time.Second))
 	if lost > 0 || dups > 0 {
 		report(t, row{Fault: "slow fsync: delivery", Runs: 1, Acked: int64(len(acked)), Lost: lost, Dups: dups})
+	}
+}
+
+// Cuts inside compaction: a large backlog (over 64 MiB) is buffered while
+// Kafka refuses, then drains, and the janitor compacts the file. The cut
+// lands at the swap (failpoint: new file written and synced, old closed, not
+// yet renamed), or as the directory is fsync'd after the rename (the rename
+// is then undone by the cut).
+func TestCompactionCut(t *testing.T) {
+	for _, variant := range []string{"failpoint", "dirsync"} {
+		t.Run(variant, func(t *testing.T) {
+			r := newRig(t, testkit.WithProxy())
+			r.kafka.SetMode(t, testkit.Refuse)
+			if variant == "failpoint" {
+				r.gw.env = []string{"GATEWAY_FAILPOINT=" + failpoint.BufferCompactSwap}
+			}
+			r.gw.start()
+			// 4 x 90 publishes of 200 KiB: ~70 MiB
+			pubs := startPublishers(t, r.gw.mqttAddr, "cc", 4, 0, func(p *publishers) { p.pad, p.max = 200 << 10, 90 })
+			if !testkit.Poll(120*time.Second, func() bool { return pubs.n.Load() >= 360 }) {
+				t.Fatalf("backlog: %d of 360 acknowledged", pubs.n.Load())
+			}
+			if variant == "dirsync" {
+				pid := r.gw.pid()
+				var fired atomic.Bool
+				r.fs.SetFaults(lossyfs.Faults{FsyncDelay: time.Millisecond, BeforeFsync: func(path string, dir bool) {
+					// the data dir's fsync after the swap's rename
+					if dir && strings.HasSuffix(path, "/data") && fired.CompareAndSwap(false, true) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}})
+			}
+			t0 := time.Now()
+			r.kafka.SetMode(t, testkit.Pass)
+			fired := r.gw.waitExit(120 * time.Second)
+			r.fs.SetFaults(lossyfs.Faults{})
+			r.gw.env = nil
+			r.powerCut(lossyfs.DropAll)
+			rec := r.gw.start()
+			pubs.halt()
+			acked := pubs.ackedSet()
+			lost, dups := verifyUplink(t, r.kafka.Addrs, acked, 120*time.Second)
+			quarantined := len(r.gw.logLines(5, "moved it aside"))
+			st := r.fs.Stats()
+			report(t, row{Fault: "cut in compaction (" + variant + ")", Runs: 1, Acked: int64(len(acked)), Lost: lost, Dups: dups, Recover: rec,
+				Note: fmt.Sprintf("cut fired %v after %v; renames undone %d; buffer file quarantined at restart: %v", fired,
+					time.Since(t0).Round(time.Second), st.UndoneRenames, quarantined > 0)})
+			if !fired {
+				t.Errorf("the cut never fired (no compaction within 120s?)")
+			}
+			if quarantined > 0 {
+				fail(t, "the buffer file was moved aside as corrupt after a cut in compaction")
+			}
+		})
 	}
 }

@@ -77,7 +77,7 @@ func report(t *testing.T, r row) {
 }
 
 func formatRow(r row) string {
-	return fmt.Sprintf("%-30s %5d %10d %6d %6d %10s  %s", r.Fault, r.Runs, r.Acked, r.Lost, r.Dups,
+	return fmt.Sprintf("%-34s %5d %10d %6d %6d %10s  %s", r.Fault, r.Runs, r.Acked, r.Lost, r.Dups,
 		r.Recover.Round(time.Millisecond), r.Note)
 }
 
@@ -87,7 +87,7 @@ func printTable() {
 	if len(table) == 0 {
 		return
 	}
-	fmt.Printf("\n%-30s %5s %10s %6s %6s %10s  %s\n", "fault", "runs", "acked", "lost", "dups", "recover", "notes")
+	fmt.Printf("\n%-34s %5s %10s %6s %6s %10s  %s\n", "fault", "runs", "acked", "lost", "dups", "recover", "notes")
 	for _, r := range table {
 		fmt.Println(formatRow(r))
 	}
@@ -409,6 +409,8 @@ func (g *gateway) logLines(max int, subs ...string) []string {
 type publishers struct {
 	addr     string
 	interval time.Duration // per client between publishes; 0 = as fast as acked
+	pad      int           // bytes of padding after the id in each payload
+	max      int           // publishes per client; 0 = until halted
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -422,9 +424,12 @@ type publishers struct {
 	errs     atomic.Int64 // publishes that got no PUBACK (connection lost, timeout)
 }
 
-func startPublishers(t *testing.T, addr, prefix string, clients int, interval time.Duration) *publishers {
+func startPublishers(t *testing.T, addr, prefix string, clients int, interval time.Duration, opts ...func(*publishers)) *publishers {
 	p := &publishers{addr: addr, interval: interval, stop: make(chan struct{}),
 		acked: map[string]bool{}, refused: map[byte]int64{}}
+	for _, o := range opts {
+		o(p)
+	}
 	for c := 0; c < clients; c++ {
 		id := fmt.Sprintf("%s-%d", prefix, c)
 		p.wg.Add(1)
@@ -473,7 +478,14 @@ func (p *publishers) run(id string, idx, clients int) {
 					next = time.Now() // fell behind (a stall): do not burst
 				}
 			}
+			if p.max > 0 && i >= p.max {
+				<-p.stop
+				break
+			}
 			payload := fmt.Sprintf("%s/%d", id, i)
+			if p.pad > 0 {
+				payload += " " + strings.Repeat("x", p.pad)
+			}
 			i++
 			t0 := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

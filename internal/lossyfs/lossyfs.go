@@ -78,7 +78,8 @@ func (m Mode) String() string {
 type Faults struct {
 	// NoSpaceAfter > 0: writes fail with ENOSPC once this many bytes were
 	// written since SetFaults (a write that would cross the limit fails
-	// whole). 0 = unlimited.
+	// whole, and so does every write after it: the disk stays full until
+	// SetFaults). 0 = unlimited.
 	NoSpaceAfter int64
 	// FsyncEIO is how many of the next fsyncs of files (not directories) fail
 	// with EIO; the file's unsynced changes are dropped with each failure.
@@ -139,6 +140,7 @@ type FS struct {
 	renames  []rename              // not yet durable, in order
 	faults   Faults
 	written  int64 // bytes since SetFaults, for NoSpaceAfter
+	full     bool  // NoSpaceAfter was reached
 	stats    Stats
 	rng      *rand.Rand
 	stashSeq int
@@ -308,6 +310,7 @@ func (f *FS) SetFaults(x Faults) {
 	defer f.mu.Unlock()
 	f.faults = x
 	f.written = 0
+	f.full = false
 }
 
 // Faults returns the faults in force (FsyncEIO counts down as it fires).

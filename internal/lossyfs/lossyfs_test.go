@@ -221,6 +221,9 @@ func TestNoSpaceAfterLimitAndBack(t *testing.T) {
 	if _, err := fh.WriteAt(bytes.Repeat([]byte("b"), 4000), 8000); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("write past the limit: %v, want ENOSPC", err)
 	}
+	if _, err := fh.WriteAt([]byte("c"), 8000); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("a small write once full: %v, want ENOSPC (the disk stays full)", err)
+	}
 	f.SetFaults(Faults{})
 	writeAt(t, fh, strings.Repeat("b", 4000), 8000)
 	if f.Stats().NoSpace == 0 {

@@ -545,7 +545,8 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		f.stats.ReadOnly++
 		return 0, syscall.EROFS
 	}
-	if lim := f.faults.NoSpaceAfter; lim > 0 && f.written+int64(len(data)) > lim {
+	if lim := f.faults.NoSpaceAfter; lim > 0 && (f.full || f.written+int64(len(data)) > lim) {
+		f.full = true
 		f.stats.NoSpace++
 		return 0, syscall.ENOSPC
 	}
