@@ -191,6 +191,7 @@ func TestDiskFull(t *testing.T) {
 		resumed := pubs.waitMore(50, 30*time.Second)
 		if !resumed {
 			if r.gw.hasExited() {
+				fail(t, "run %d: the gateway died while the disk was full (%s)", i, r.gw.exitStatus())
 				seen += "; exited, restarted"
 				r.gw.start()
 			}
@@ -412,7 +413,7 @@ func TestCompactionCut(t *testing.T) {
 			}
 			r.gw.start()
 			// 4 x 90 publishes of 200 KiB: ~70 MiB
-			pubs := startPublishers(t, r.gw.mqttAddr, "cc", 4, 0, func(p *publishers) { p.pad, p.max = 200 << 10, 90 })
+			pubs := startPublishers(t, r.gw.mqttAddr, "cc", 4, 0, func(p *publishers) { p.pad, p.max = 200<<10, 90 })
 			if !testkit.Poll(120*time.Second, func() bool { return pubs.n.Load() >= 360 }) {
 				t.Fatalf("backlog: %d of 360 acknowledged", pubs.n.Load())
 			}
