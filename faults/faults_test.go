@@ -451,3 +451,34 @@ func TestCompactionCut(t *testing.T) {
 		})
 	}
 }
+
+// An fsync of the receipts outbox fails (EIO, pages dropped or kept): the
+// receipts consumed meanwhile must still reach their terminals, after a
+// power cut too (an offset committed for a receipt that is not durably in
+// the outbox loses it for good).
+func TestFsyncEIOReceipts(t *testing.T) {
+	r := newRig(t)
+	r.gw.start()
+	rc := startReceipts(t, r, 4, 10*time.Millisecond)
+	runs := pick(2, 6)
+	var notes []string
+	var worst time.Duration
+	for i := 0; i < runs; i++ {
+		testkit.Poll(30*time.Second, func() bool { p, _, _ := rc.verify(0); return p >= int64(50*(i+1)) })
+		failed := r.fs.Stats().FailedFsyncs
+		keep := i%2 == 1
+		r.fs.SetFaults(lossyfs.Faults{FsyncEIO: 1, FsyncEIOMatch: "receipts.db", FsyncEIOKeepsPages: keep})
+		testkit.Poll(30*time.Second, func() bool { return r.fs.Stats().FailedFsyncs > failed })
+		time.Sleep(time.Second) // receipts keep flowing after the failure (not a synchronisation)
+		notes = append(notes, fmt.Sprintf("run %d (pages kept %v): %s", i, keep, describe(r.gw, "outbox", "receipts:", "panic")))
+		r.powerCut(lossyfs.DropAll)
+		worst = max(worst, r.gw.start())
+	}
+	rc.stopProducing()
+	produced, missing, dups := rc.verify(pick(30*time.Second, 90*time.Second))
+	report(t, row{Fault: "fsync EIO in receipts outbox", Runs: runs, Acked: produced, Lost: missing, Dups: dups, Recover: worst,
+		Note: strings.Join(notes, " | ")})
+	if missing > 0 {
+		fail(t, "%d of %d receipts never reached their terminal after a failed outbox fsync", missing, produced)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -374,10 +376,15 @@ func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			// The caller was killed while its fsync waited: like a power
-			// cut during a slow fsync, it did not happen.
-			t.Stop()
-			return syscall.EINTR
+			// Interrupted. The Go runtime signals its threads (preemption)
+			// and a real fsync is not interruptible, so only a caller that
+			// died makes the fsync not happen (a cut during a slow fsync);
+			// otherwise it completes as if nothing had happened.
+			if callerDied(ctx) {
+				t.Stop()
+				return syscall.EINTR
+			}
+			<-t.C
 		}
 	}
 	if n.IsDir() {
@@ -434,6 +441,31 @@ func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall
 	}
 	fsys.mu.Unlock()
 	return fs.ToErrno(err)
+}
+
+// callerDied reports whether the thread that made the request was killed:
+// SIGKILL pending for it or its process. (A killed thread cannot exit while
+// its request is with us: the kernel waits for our answer.)
+func callerDied(ctx context.Context) bool {
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", caller.Pid))
+	if err != nil {
+		return true
+	}
+	const sigkill = 1 << (9 - 1)
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "SigPnd" && k != "ShdPnd") {
+			continue
+		}
+		if mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && mask&sigkill != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func backingSize(fd int) int64 {
