@@ -559,8 +559,8 @@ func apply(fd int, ops []op) error {
 	return nil
 }
 
-// applyPath writes ops to the backing file by path and syncs it; a file
-// that no longer exists has nothing to keep.
+// applyPath writes ops to the backing file by path; a file that no longer
+// exists has nothing to keep.
 func (st *fileState) applyPath(ops []op) error {
 	fd, err := syscall.Open(st.path, syscall.O_RDWR, 0)
 	if err != nil {
@@ -570,10 +570,7 @@ func (st *fileState) applyPath(ops []op) error {
 		return err
 	}
 	defer syscall.Close(fd)
-	if err := apply(fd, ops); err != nil {
-		return err
-	}
-	return syscall.Fdatasync(fd)
+	return apply(fd, ops)
 }
 
 // sortedInos makes a cut with a given seed repeatable.
