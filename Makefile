@@ -15,7 +15,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CROSS_PKG ?= ./cmd/gateway
 CROSS_NAME ?= $(notdir $(CROSS_PKG))
 
-.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean deb deb-lint
+.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean deb deb-lint faults soak
 
 all: build
 
@@ -55,6 +55,22 @@ deps:
 	else \
 		echo "deps: WARNING: mosquitto_pub/mosquitto_sub missing (apt-get install mosquitto-clients); tests that need them will skip"; \
 	fi
+
+# The fault suite (faults/): the real gateway on a lossy FUSE filesystem
+# (internal/lossyfs), 100 power cuts at random moments, cuts timed inside
+# commits, disk full, fsync EIO, slow and read-only storage; prints one table
+# line per fault. Needs root and /dev/fuse (skips otherwise); within 15
+# minutes on 2 cores. FAULTS_LOGS=dir keeps each scenario's gateway log.
+# `make test` runs the short version.
+faults:
+	FAULTS=full $(GO) test -count=1 -v -timeout 15m -run 'Test(PowerCut|TimedCuts|CompactionCut|DiskFull|FsyncEIO|FsyncEIOReceipts|ReadOnly|SlowStorage|Upgrade)$$' ./faults/
+
+# Not in CI: 500 terminals at 500 msg/s, receipts, Kafka refusing or hanging a
+# minute every five, a power cut every ten, sampled every minute
+# (SOAK=30m by default; e.g. make soak SOAK=2h).
+SOAK ?= 30m
+soak:
+	SOAK=$(SOAK) $(GO) test -count=1 -v -timeout 0 -run '^TestSoak$$' ./faults/
 
 # Figures of the issue: gateway vs mochi without hook vs mosquitto (bench/run.sh).
 bench:

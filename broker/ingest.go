@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -242,6 +243,10 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 			case errors.Is(r.Err, buffer.ErrRouteFull), errors.Is(r.Err, buffer.ErrDiskFull):
 				// the route's on_full is reject: the terminal keeps the message
 				reason, code = "full", packets.ErrQuotaExceeded
+			case errors.Is(r.Err, syscall.ENOSPC):
+				// the filesystem is full (below the budget): like a full
+				// budget, the terminal keeps the message and retries
+				reason, code = "disk_full", packets.ErrQuotaExceeded
 			case errors.Is(r.Err, buffer.ErrClosed):
 				code = packets.ErrServerShuttingDown
 			}

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgegw/gateway/internal/failpoint"
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/edgegw/gateway/internal/boltfile"
@@ -634,6 +636,7 @@ func (b *Buffer) commit(batch []*Append) {
 		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.clock, header.routes, header.recs, bodies, newDedup)); err != nil {
 			return err
 		}
+		failpoint.Hit(failpoint.BufferCommitBeforeSync)
 		if b.opts.BeforeCommit != nil {
 			return b.opts.BeforeCommit(seqs)
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgegw/gateway/internal/failpoint"
 )
 
 // Operator rules: retention (max_age), budgets (per route and overall) and
@@ -429,6 +431,7 @@ func (b *Buffer) Compact() (CompactStats, error) {
 		b.fail(err)
 		return st, err
 	}
+	failpoint.Hit(failpoint.BufferCompactSwap)
 	if err := os.Rename(tmp, path); err != nil {
 		// keep using the old file
 		db, oerr := bolt.Open(path, 0o600, boltOptions())

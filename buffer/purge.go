@@ -8,6 +8,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgegw/gateway/internal/failpoint"
 	"github.com/edgegw/gateway/internal/wire"
 )
 
@@ -108,6 +109,7 @@ func (b *Buffer) purgeOnce() (int, error) {
 				return err
 			}
 		}
+		failpoint.Hit(failpoint.BufferLazyDelete) // inside the purge commit, before its fsync
 		meta := tx.Bucket(metaBucket)
 		if err := meta.Put(marksKey, encodeMarks(marks)); err != nil {
 			return err

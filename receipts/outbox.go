@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgegw/gateway/internal/boltfile"
+	"github.com/edgegw/gateway/internal/failpoint"
 
 	"github.com/edgegw/gateway/internal/wire"
 )
@@ -197,6 +198,7 @@ func (o *outbox) store(in []incoming, now time.Time) ([]receipt, error) {
 				return err
 			}
 		}
+		failpoint.Hit(failpoint.ReceiptsOutboxWrite)
 		return meta.Put(keySeq, binary.BigEndian.AppendUint64(nil, seq))
 	})
 	if err != nil {
