@@ -84,14 +84,26 @@ func (s *sessionStore) Provides(b byte) bool {
 // Init opens the file and reads it whole: it holds sessions, not messages,
 // so it is small.
 func (s *sessionStore) Init(any) error {
+	db, cur, err := s.open()
+	if err != nil {
+		return err
+	}
+	s.db, s.cur = db, cur
+	go s.flusher()
+	return nil
+}
+
+// open opens the file and reads what it holds.
+func (s *sessionStore) open() (*bbolt.DB, map[string][]byte, error) {
 	if err := boltfile.Check(s.path); err != nil {
-		return fmt.Errorf("sessions: %w", err)
+		return nil, nil, fmt.Errorf("sessions: %w", err)
 	}
 	db, err := bbolt.Open(s.path, 0o600, &bbolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true,
 		FreelistType: bbolt.FreelistMapType, PageSize: 1024})
 	if err != nil {
-		return fmt.Errorf("sessions: open %s: %w", s.path, err)
+		return nil, nil, fmt.Errorf("sessions: open %s: %w", s.path, err)
 	}
+	cur := map[string][]byte{}
 	err = db.Update(func(tx *bbolt.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists(sessionBucket)
 		if err != nil {
@@ -105,17 +117,15 @@ func (s *sessionStore) Init(any) error {
 			}
 		}
 		return bk.ForEach(func(k, v []byte) error {
-			s.cur[string(k)] = append([]byte(nil), v...)
+			cur[string(k)] = append([]byte(nil), v...)
 			return nil
 		})
 	})
 	if err != nil {
 		db.Close()
-		return fmt.Errorf("sessions: read %s: %w", s.path, err)
+		return nil, nil, fmt.Errorf("sessions: read %s: %w", s.path, err)
 	}
-	s.db = db
-	go s.flusher()
-	return nil
+	return db, cur, nil
 }
 
 // Stop is deferred: mochi stops its hooks while client goroutines (and our
@@ -186,6 +196,18 @@ func (s *sessionStore) flush() error {
 		}
 		return nil
 	})
+	if err != nil {
+		// bbolt's handle is not trusted after a failed write (its freelist,
+		// or pages a failed fsync dropped): reopen from what is on disk
+		_ = s.db.Close() // before opening again: the file lock is per open file
+		if db, cur, oerr := s.open(); oerr == nil {
+			s.mu.Lock()
+			s.db, s.cur = db, cur
+			s.mu.Unlock()
+		} else {
+			err = fmt.Errorf("%w (reopening: %v)", err, oerr)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {

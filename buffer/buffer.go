@@ -196,6 +196,7 @@ type Buffer struct {
 
 	clockBase uint64 // buffer clock (ms) at open; see clock.go
 
+	fullUntil   atomic.Int64 // unix ns: refuse appends until then (the disk was full)
 	ctr         counters
 	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
 }
@@ -543,6 +544,17 @@ func (b *Buffer) gather(batch []*Append) []*Append {
 // its route's on_full says (evictions are in memory, like deliveries, and
 // reach the file with the next purge).
 func (b *Buffer) commit(batch []*Append) {
+	err := b.Err()
+	if err == nil && time.Now().UnixNano() < b.fullUntil.Load() {
+		err = ErrStorageFull
+	}
+	if err != nil {
+		// unusable, or the disk was full a moment ago (see health.go)
+		for _, a := range batch {
+			a.Done(Result{Err: err})
+		}
+		return
+	}
 	results := make([]Result, len(batch))
 	b.mu.Lock()
 	seq := b.nextSeq
@@ -560,7 +572,7 @@ func (b *Buffer) commit(batch []*Append) {
 		header   *blockHeader
 	)
 	b.dbMu.RLock()
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err = b.db.Update(func(tx *bolt.Tx) error {
 		seqs = seqs[:0]
 		ch = newChanges(snapshot)
 		newDedup = newDedup[:0]
@@ -649,6 +661,7 @@ func (b *Buffer) commit(batch []*Append) {
 		for _, a := range batch {
 			a.Done(Result{Err: err})
 		}
+		b.afterWriteFailure(err)
 		return
 	}
 	if len(seqs) > 0 {

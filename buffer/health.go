@@ -6,6 +6,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
+
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrUnusable wraps the error that made the buffer unusable (see Err).
@@ -48,6 +52,65 @@ func (b *Buffer) fail(err error) {
 		b.log.Error("buffer: unusable; nothing more is acknowledged, the process must restart", "error", err)
 		close(b.failedCh())
 	})
+}
+
+// diskFull: the write failed for want of space; nothing about the file is
+// in doubt once it is reopened, and ingest resumes when space returns.
+func diskFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// ErrStorageFull refuses appends for a moment after the filesystem was
+// full (it wraps syscall.ENOSPC, which the broker answers with 0x97).
+var ErrStorageFull = fmt.Errorf("buffer: the filesystem is full: %w", syscall.ENOSPC)
+
+// afterWriteFailure is called (by the writer, or a purge) after a write
+// transaction failed. bbolt's handle is not to be trusted after that: a
+// failed write can leave its freelist inconsistent (the next commit panics
+// "page already freed"), and a failed fsync may have dropped dirty pages the
+// page cache goes on showing, so a later commit would build on pages that
+// never reached the disk (the "fsyncgate" lesson). The file is closed and
+// opened again from what is on disk, and the in-memory state rebuilt from it
+// (delivered-but-unpurged records are sent again: at-least-once). When that
+// fails, or the disk went read-only, the buffer is unusable: nothing more is
+// acknowledged and the process must restart.
+func (b *Buffer) afterWriteFailure(cause error) {
+	if b.Err() != nil || errors.Is(cause, ErrClosed) || errors.Is(cause, bolterrors.ErrDatabaseNotOpen) {
+		return
+	}
+	if errors.Is(cause, syscall.EROFS) {
+		b.fail(cause)
+		return
+	}
+	if err := b.reopen(); err != nil {
+		b.fail(fmt.Errorf("%w (reopening after it failed: %v)", cause, err))
+		return
+	}
+	if diskFull(cause) {
+		b.fullUntil.Store(time.Now().Add(fullBackoff).UnixNano())
+	}
+	b.log.Warn("buffer: a write failed; reopened the file from disk", "error", cause)
+}
+
+// fullBackoff: after the disk was full, appends are refused this long
+// without trying (each try would cost a reopen).
+const fullBackoff = time.Second
+
+// reopen closes the file and opens it again, rebuilding the index; drop
+// counters are kept.
+func (b *Buffer) reopen() error {
+	b.dbMu.Lock()
+	defer b.dbMu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	drops := b.drops
+	_ = b.db.Close()
+	b.db = nil
+	if err := b.openAndLoad(); err != nil {
+		return err
+	}
+	b.drops = drops
+	return nil
 }
 
 // syncDir fsyncs a directory, so a rename or a new file in it is durable.

@@ -3,6 +3,7 @@ package buffer
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -348,4 +350,66 @@ var _ = io.Discard
 func pagesWritten(b *Buffer) int64 {
 	st := b.db.Stats()
 	return st.TxStats.GetWrite()
+}
+
+// After a write transaction fails the bbolt handle is not trusted (a failed
+// write can leave its freelist inconsistent; a failed fsync may have dropped
+// pages the cache still shows): the file is reopened from disk and ingest
+// goes on, with nothing acknowledged lost. A read-only disk makes the buffer
+// unusable; a full one refuses appends for a moment, then resumes.
+func TestWriteFailureReopensOrStops(t *testing.T) {
+	var fail atomic.Pointer[error]
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{BeforeCommit: func([]uint64) error {
+		if p := fail.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}})
+	var acked []uint64
+	for i := 0; i < 5; i++ {
+		r, err := b.AppendWait(rec("pay", "c", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, r.Seq)
+	}
+	eio := fmt.Errorf("injected fsync: %w", syscall.EIO)
+	fail.Store(&eio)
+	if _, err := b.AppendWait(rec("pay", "c", 99)); err == nil {
+		t.Fatal("a failed commit was acknowledged")
+	}
+	fail.Store(nil)
+	r, err := b.AppendWait(rec("pay", "c", 6))
+	if err != nil || b.Err() != nil {
+		t.Fatalf("after an EIO the buffer should reopen and go on: %v, Err %v", err, b.Err())
+	}
+	acked = append(acked, r.Seq)
+	got, _ := b.Read(nil, prio(nil), 100, 1<<20)
+	if len(got) != len(acked) {
+		t.Fatalf("after the reopen %d records, want the %d acknowledged", len(got), len(acked))
+	}
+
+	nospc := fmt.Errorf("injected write: %w", syscall.ENOSPC)
+	fail.Store(&nospc)
+	if _, err := b.AppendWait(rec("pay", "c", 98)); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("disk full: %v", err)
+	}
+	fail.Store(nil)
+	if _, err := b.AppendWait(rec("pay", "c", 97)); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("right after a full disk appends are refused without trying: %v", err)
+	}
+	testPoll(t, func() bool { _, err := b.AppendWait(rec("pay", "c", 7)); return err == nil })
+
+	erofs := fmt.Errorf("injected: %w", syscall.EROFS)
+	fail.Store(&erofs)
+	b.AppendWait(rec("pay", "c", 96))
+	fail.Store(nil)
+	select {
+	case <-b.Failed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read-only disk did not make the buffer unusable")
+	}
+	if _, err := b.AppendWait(rec("pay", "c", 8)); !errors.Is(err, ErrUnusable) {
+		t.Fatalf("an unusable buffer acknowledged an append: %v", err)
+	}
 }

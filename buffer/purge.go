@@ -45,6 +45,7 @@ func (b *Buffer) purge(force bool) error {
 		}
 		n, err := b.purgeOnce()
 		if err != nil {
+			b.afterWriteFailure(err)
 			return err
 		}
 		b.lastPurge = time.Now()
