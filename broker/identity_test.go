@@ -543,7 +543,6 @@ func TestTLSPasswordOrCertificate(t *testing.T) {
 	}
 }
 
-
 // A 3.1.1 client whose session is taken over by its own identity is just
 // disconnected: 3.1.1 has no server DISCONNECT packet.
 func TestTakeoverSendsNoDisconnectTo311(t *testing.T) {
