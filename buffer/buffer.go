@@ -325,19 +325,44 @@ func (b *Buffer) openAndLoad() (err error) {
 // from the blocks' headers, the sequence counter and the recent dedup
 // entries.
 func (b *Buffer) load() error {
-	return b.db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(metaBucket)
+	// A file that has its buckets and epoch is read without a write
+	// transaction: reopening after a failed write on a full disk must not
+	// need space.
+	ready := false
+	if err := b.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(metaBucket)
+		ready = meta != nil && meta.Get(epochKey) != nil && tx.Bucket(dedupBucket) != nil && tx.Bucket(blocksBucket) != nil
+		return nil
+	}); err != nil {
+		return fmt.Errorf("buffer: %w", err)
+	}
+	if !ready {
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			meta, err := tx.CreateBucketIfNotExists(metaBucket)
+			if err != nil {
+				return err
+			}
+			if _, err := loadEpoch(meta); err != nil {
+				return err
+			}
+			for _, name := range [][]byte{dedupBucket, blocksBucket} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
 		}
+	}
+	return b.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(metaBucket)
 		if v := meta.Get(seqKeyName); len(v) == 8 {
 			b.nextSeq = binary.BigEndian.Uint64(v)
 		}
-		epoch, err := loadEpoch(meta)
-		if err != nil {
-			return err
-		}
-		b.epoch = epoch
+		b.epoch = string(meta.Get(epochKey))
+		var err error
 		if v := meta.Get(marksKey); v != nil {
 			if b.marks, err = decodeMarks(v); err != nil {
 				return err
@@ -346,19 +371,11 @@ func (b *Buffer) load() error {
 		if v := meta.Get(clockKey); len(v) == 8 {
 			b.clockBase = max(b.clockBase, binary.BigEndian.Uint64(v))
 		}
-		dd, err := tx.CreateBucketIfNotExists(dedupBucket)
-		if err != nil {
-			return fmt.Errorf("buffer: %w", err)
-		}
-		logged, err := loadDedupLog(dd)
+		logged, err := loadDedupLog(tx.Bucket(dedupBucket))
 		if err != nil {
 			return err
 		}
-		bk, err := tx.CreateBucketIfNotExists(blocksBucket)
-		if err != nil {
-			return fmt.Errorf("buffer: %w", err)
-		}
-		if err := b.indexBlocks(bk, true); err != nil {
+		if err := b.indexBlocks(tx.Bucket(blocksBucket), true); err != nil {
 			return err
 		}
 		b.dedup.load(logged, b.dedup.pendingLoad)

@@ -17,6 +17,16 @@ import (
 // crash midway resumes where it stopped. The dedup log and sequence counter
 // of that format are already what this one uses.
 func (b *Buffer) migrate() error {
+	old := false
+	_ = b.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			old = old || strings.HasPrefix(string(name), routePrefix)
+			return nil
+		})
+	})
+	if !old {
+		return nil // nothing to convert: no write transaction (see load)
+	}
 	for {
 		moved, err := b.migrateChunk()
 		if err != nil {

@@ -663,11 +663,7 @@ func verifyUplink(t *testing.T, addrs []string, acked map[string]bool, d time.Du
 // suite, which runs in `make test`, their failures are logged as KNOWN
 // DEFECT so that everyone's build stays green; `make faults` fails on them.
 // Delete an entry once the gateway passes it.
-var knownDefects = map[string]string{
-	"TestFsyncEIO": "the buffer carries on after a failed fsync: acknowledged messages lost at the next cut; the next bbolt commit may panic",
-	"TestReadOnly": "read-only storage mid-run: the gateway keeps running with /readyz 200, or bbolt panics",
-	"TestDiskFull": "after a commit failed with ENOSPC the next bbolt commit may panic (page N already freed)",
-}
+var knownDefects = map[string]string{}
 
 // fail reports a failed check: an error, or in the short suite a logged
 // KNOWN DEFECT for a scenario listed in knownDefects.
