@@ -16,6 +16,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgegw/gateway/buffer"
@@ -197,12 +198,27 @@ func New(opts Options) (*Broker, error) {
 	return b, nil
 }
 
+// stopListenerClients ends the clients of one listener at shutdown, as
+// mochi's closeListenerClients does, without its deadlock: mochi v2.7.9's
+// Clients.GetByListener takes the clients' read lock and calls Len, which
+// takes it again; a connection ending in between (Clients.Delete waits for
+// the write lock) blocks both forever, and shutdown with them. GetAll takes
+// the lock once. TestCloseWhileClientsDisconnect pins it.
+func (b *Broker) stopListenerClients(listener string) {
+	for _, cl := range b.server.Clients.GetAll() {
+		if cl.Net.Listener == listener && !cl.Closed() {
+			cl.Stop(packets.ErrServerShuttingDown)
+		}
+	}
+}
+
 // Quarantined returns where a corrupt sessions.db was moved at start, or "".
 func (b *Broker) Quarantined() string { return b.quarantined }
 
 func (b *Broker) addListeners(cfg *config.Config) error {
 	maxPacket := uint32(cfg.MQTT.MaxPacketSize)
-	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize)}
+	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize),
+		stopClients: b.stopListenerClients}
 	if cfg.MQTT.Address != "" {
 		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket, limits)
 		b.tcp = append(b.tcp, l)

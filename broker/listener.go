@@ -40,6 +40,9 @@ func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32,
 // connLimits bound what a connection may hold before its CONNECT is
 // accepted (DESIGN invariant 12).
 type connLimits struct {
+	// stopClients ends the mochi clients of a listener at Close (see
+	// Broker.stopListenerClients); nil: mochi's own callback.
+	stopClients func(listener string)
 	// connectTimeout covers the TLS handshake and reading CONNECT; mochi
 	// replaces the deadline with the keepalive one once CONNECT is in.
 	connectTimeout time.Duration
@@ -149,7 +152,11 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	if l.listen != nil {
 		_ = l.listen.Close()
 	}
-	closeClients(l.id)
+	if l.limits.stopClients != nil {
+		l.limits.stopClients(l.id)
+	} else {
+		closeClients(l.id)
+	}
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()

@@ -173,3 +173,30 @@ func TestDupAfterPubackOnLaterConnectionIsStored(t *testing.T) {
 		t.Fatalf("second copy's %s header = %q, want %d", buffer.HeaderPossibleDuplicateOf, mark, recs[0].Seq)
 	}
 }
+
+// Shutdown while clients are disconnecting: mochi's own listener-close path
+// (GetByListener) takes the clients' read lock twice and deadlocks when a
+// client's Delete waits for the write lock in between; the gateway ends the
+// clients its own way. Close must return.
+func TestCloseWhileClientsDisconnect(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		e := start(t, "", "", buffer.Options{})
+		var clients []paho.Client
+		for i := 0; i < 30; i++ {
+			clients = append(clients, pahoClient(t, e.addr, fmt.Sprintf("term-%d-%d", round, i), nil))
+		}
+		done := make(chan struct{})
+		go func() {
+			for _, c := range clients {
+				go c.Disconnect(0)
+			}
+			e.brk.Close()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("round %d: broker Close did not return while clients disconnected (deadlock)", round)
+		}
+	}
+}

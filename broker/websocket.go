@@ -125,7 +125,11 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 			_ = l.srv.Shutdown(ctx)
 		}
 	})
-	closeClients(l.id)
+	if l.limits.stopClients != nil {
+		l.limits.stopClients(l.id)
+	} else {
+		closeClients(l.id)
+	}
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
