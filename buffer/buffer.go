@@ -174,6 +174,7 @@ type Buffer struct {
 	limits      atomic.Pointer[Limits]
 	commitWait  atomic.Int64 // time.Duration; see SetCommitWait
 	commitMin   atomic.Int64
+	purgeEvery  atomic.Int64 // time.Duration; see SetPurgeInterval
 	now         func() time.Time
 	logged      sync.Map // route/reason already logged
 	quarantined string   // path of a corrupt file moved aside at open, if any
@@ -194,7 +195,7 @@ type Buffer struct {
 
 	notify chan struct{}
 
-	clockBase uint64 // buffer clock (ms) at open; see clock.go
+	clockBase atomic.Uint64 // buffer clock (ms) at open; see clock.go
 
 	fullUntil   atomic.Int64 // unix ns: refuse appends until then (the disk was full)
 	ctr         counters
@@ -248,6 +249,7 @@ func Open(opts Options) (*Buffer, error) {
 	}
 	b.SetLimits(opts.Limits)
 	b.SetCommitWait(opts.CommitWait, opts.CommitMinRecords)
+	b.SetPurgeInterval(opts.PurgeInterval)
 	err := b.openAndLoad()
 	if isCorrupt(err) {
 		// A file we cannot read as a buffer must not become a crash loop:
@@ -259,6 +261,7 @@ func Open(opts Options) (*Buffer, error) {
 		lg.Error("buffer: the buffer file could not be opened; moved it aside and started a fresh one",
 			"error", err, "kept_as", moved)
 		b.quarantined = moved
+		b.epoch = "" // the fresh file's
 		err = b.openAndLoad()
 	}
 	if err != nil {
@@ -361,7 +364,9 @@ func (b *Buffer) load() error {
 		if v := meta.Get(seqKeyName); len(v) == 8 {
 			b.nextSeq = binary.BigEndian.Uint64(v)
 		}
-		b.epoch = string(meta.Get(epochKey))
+		if b.epoch == "" { // a reopen keeps it (Epoch is read without a lock)
+			b.epoch = string(meta.Get(epochKey))
+		}
 		var err error
 		if v := meta.Get(marksKey); v != nil {
 			if b.marks, err = decodeMarks(v); err != nil {
@@ -369,7 +374,7 @@ func (b *Buffer) load() error {
 			}
 		}
 		if v := meta.Get(clockKey); len(v) == 8 {
-			b.clockBase = max(b.clockBase, binary.BigEndian.Uint64(v))
+			b.raiseClockBase(binary.BigEndian.Uint64(v))
 		}
 		logged, err := loadDedupLog(tx.Bucket(dedupBucket))
 		if err != nil {
@@ -400,7 +405,7 @@ func (b *Buffer) indexBlocks(bk *bolt.Bucket, dedup bool) error {
 			return err
 		}
 		b.idx.addBlock(key, h)
-		b.clockBase = max(b.clockBase, h.clock)
+		b.raiseClockBase(h.clock)
 		i := len(b.idx.blocks) - 1
 		for pos, r := range h.recs {
 			name := h.routes[r.route]
@@ -520,6 +525,14 @@ func stopTimer(t *time.Timer) {
 func (b *Buffer) SetCommitWait(wait time.Duration, minRecords int) {
 	b.commitWait.Store(int64(max(wait, 0)))
 	b.commitMin.Store(int64(max(minRecords, 0)))
+}
+
+// SetPurgeInterval changes how often delivered blocks are purged (see
+// Options.PurgeInterval); 0 keeps the current one.
+func (b *Buffer) SetPurgeInterval(d time.Duration) {
+	if d > 0 {
+		b.purgeEvery.Store(int64(d))
+	}
 }
 
 // enough: the batch is as large as the operator asked a commit to wait for.

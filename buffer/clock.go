@@ -19,5 +19,15 @@ package buffer
 
 // clockMillis is the buffer clock now.
 func (b *Buffer) clockMillis() uint64 {
-	return b.clockBase + uint64(b.opts.Elapsed().Milliseconds())
+	return b.clockBase.Load() + uint64(b.opts.Elapsed().Milliseconds())
+}
+
+// raiseClockBase makes the clock go on from at least ms (read at open).
+func (b *Buffer) raiseClockBase(ms uint64) {
+	for {
+		old := b.clockBase.Load()
+		if ms <= old || b.clockBase.CompareAndSwap(old, ms) {
+			return
+		}
+	}
 }

@@ -40,7 +40,7 @@ func (b *Buffer) purge(force bool) error {
 		if dead == 0 && !force {
 			return nil
 		}
-		if !force && dead < purgeBlocks && time.Since(b.lastPurge) < b.opts.PurgeInterval {
+		if !force && dead < purgeBlocks && time.Since(b.lastPurge) < time.Duration(b.purgeEvery.Load()) {
 			return nil
 		}
 		n, err := b.purgeOnce()

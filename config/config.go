@@ -117,6 +117,9 @@ type Buffer struct {
 	CommitWait time.Duration
 	// CommitMinRecords ends that wait as soon as this many are together.
 	CommitMinRecords int
+	// PurgeInterval is how often delivered blocks are deleted from the file:
+	// longer writes less, shorter re-sends less after a crash.
+	PurgeInterval time.Duration
 }
 
 // Route is one uplink rule.

@@ -90,6 +90,7 @@ func Flatten(c *Config) map[string]string {
 	num("buffer.max_disk_bytes", c.Buffer.MaxDiskBytes)
 	str("buffer.commit_wait", c.Buffer.CommitWait.String())
 	num("buffer.commit_min_records", int64(c.Buffer.CommitMinRecords))
+	str("buffer.purge_interval", c.Buffer.PurgeInterval.String())
 
 	for i, r := range c.Routes {
 		p := fmt.Sprintf("routes[%d].", i)

@@ -57,6 +57,7 @@ var defaults = map[string]any{
 	"buffer.max_disk_bytes":     "1GiB",
 	"buffer.commit_wait":        "20ms",
 	"buffer.commit_min_records": "8",
+	"buffer.purge_interval":     "30s",
 	"unrouted":                  "reject",
 	"receipts.kafka_topic":      "receipts.{gateway_id}",
 	"receipts.device_from":      "key",
@@ -147,6 +148,7 @@ type raw struct {
 		MaxDiskBytes     string `mapstructure:"max_disk_bytes"`
 		CommitWait       string `mapstructure:"commit_wait"`
 		CommitMinRecords string `mapstructure:"commit_min_records"`
+		PurgeInterval    string `mapstructure:"purge_interval"`
 	} `mapstructure:"buffer"`
 	Routes   []rawRoute `mapstructure:"routes"`
 	Unrouted string     `mapstructure:"unrouted"`

@@ -211,6 +211,10 @@ func (r *raw) validate() (*Config, error) {
 		c.addf("buffer.commit_wait", "must be between 0 and 5s (it delays every PUBACK), not %v", cfg.Buffer.CommitWait)
 	}
 	cfg.Buffer.CommitMinRecords = int(c.integer("buffer.commit_min_records", r.Buffer.CommitMinRecords, 0, 2048))
+	cfg.Buffer.PurgeInterval = c.duration("buffer.purge_interval", r.Buffer.PurgeInterval)
+	if cfg.Buffer.PurgeInterval < 100*time.Millisecond || cfg.Buffer.PurgeInterval > time.Hour {
+		c.addf("buffer.purge_interval", "must be between 100ms and 1h, not %v", cfg.Buffer.PurgeInterval)
+	}
 
 	// routes
 	names := map[string]int{}

@@ -196,7 +196,7 @@ mqtt: {address: %q, max_inflight: 64}
 kafka: {brokers: [%s]}
 admin: {address: %q}
 log: {level: info}
-buffer: {max_disk_bytes: 256MiB}
+buffer: {max_disk_bytes: 256MiB, purge_interval: 500ms}
 routes:
   - {name: payments, match: "terminals/+/payments/#", kafka_topic: payments, priority: 0}
   - {name: telemetry, match: "terminals/+/telemetry/#", kafka_topic: telemetry, priority: 5}

@@ -71,6 +71,7 @@ func startGateway(cfg *config.Config, log *slog.Logger) (_ *gateway, err error) 
 		// the operator's trade of PUBACK latency for flash wear
 		CommitWait:       cfg.Buffer.CommitWait,
 		CommitMinRecords: cfg.Buffer.CommitMinRecords,
+		PurgeInterval:    cfg.Buffer.PurgeInterval,
 	}
 	if testBufferOptions != nil {
 		testBufferOptions(&bopts)

@@ -268,6 +268,7 @@ func (g *gateway) applyHot(cfg *config.Config) {
 	if g.buf != nil {
 		g.buf.SetLimits(bufferLimits(cfg, rs))
 		g.buf.SetCommitWait(cfg.Buffer.CommitWait, cfg.Buffer.CommitMinRecords)
+		g.buf.SetPurgeInterval(cfg.Buffer.PurgeInterval)
 	}
 	if g.brk != nil {
 		g.brk.SetRules(rs)
