@@ -245,7 +245,6 @@ func Open(opts Options) (*Buffer, error) {
 		done:        make(chan struct{}),
 		janitorDone: make(chan struct{}),
 		notify:      make(chan struct{}, 1),
-		lastPurge:   time.Now(),
 	}
 	b.SetLimits(opts.Limits)
 	b.SetCommitWait(opts.CommitWait, opts.CommitMinRecords)

@@ -40,7 +40,11 @@ func (b *Buffer) purge(force bool) error {
 		if dead == 0 && !force {
 			return nil
 		}
-		if !force && dead < purgeBlocks && time.Since(b.lastPurge) < time.Duration(b.purgeEvery.Load()) {
+		// Due: the interval is up (the first purge after a start comes at
+		// once, so what a crash made the gateway re-send is not re-sent
+		// again at the next one), or many blocks wait.
+		due := force || dead >= purgeBlocks || time.Since(b.lastPurge) >= time.Duration(b.purgeEvery.Load())
+		if !due {
 			return nil
 		}
 		n, err := b.purgeOnce()
