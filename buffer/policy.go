@@ -348,7 +348,8 @@ func (b *Buffer) expired(l *Limits, route string, at, now uint64) bool {
 // drained.
 func (b *Buffer) janitor() {
 	defer close(b.janitorDone)
-	t := time.NewTicker(b.opts.JanitorInterval)
+	// often enough that a purge is never late by more than half its interval
+	t := time.NewTicker(min(b.opts.JanitorInterval, max(time.Duration(b.purgeEvery.Load())/2, 50*time.Millisecond)))
 	defer t.Stop()
 	for {
 		select {
