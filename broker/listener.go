@@ -152,17 +152,28 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	if l.listen != nil {
 		_ = l.listen.Close()
 	}
-	if l.limits.stopClients != nil {
-		l.limits.stopClients(l.id)
-	} else {
-		closeClients(l.id)
+	l.limits.endClients(l.id, closeClients)
+	closeAll(&l.mu, &l.conns)
+	l.wg.Wait()
+}
+
+// endClients ends a listener's mochi clients at Close (see
+// Broker.stopListenerClients; mochi's own callback when none is set).
+func (lim connLimits) endClients(id string, closeClients listeners.CloseFn) {
+	if lim.stopClients != nil {
+		lim.stopClients(id)
+		return
 	}
-	l.mu.Lock()
-	for c := range l.conns {
+	closeClients(id)
+}
+
+// closeAll closes the connections a listener still tracks.
+func closeAll(mu *sync.Mutex, conns *map[net.Conn]struct{}) {
+	mu.Lock()
+	defer mu.Unlock()
+	for c := range *conns {
 		_ = c.Close()
 	}
-	l.mu.Unlock()
-	l.wg.Wait()
 }
 
 // frameGuard follows the MQTT framing of the bytes read from a connection:

@@ -125,16 +125,8 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 			_ = l.srv.Shutdown(ctx)
 		}
 	})
-	if l.limits.stopClients != nil {
-		l.limits.stopClients(l.id)
-	} else {
-		closeClients(l.id)
-	}
-	l.mu.Lock()
-	for c := range l.conns {
-		_ = c.Close()
-	}
-	l.mu.Unlock()
+	l.limits.endClients(l.id, closeClients)
+	closeAll(&l.mu, &l.conns)
 }
 
 // wsConn reads and writes MQTT bytes as binary WebSocket messages (one
