@@ -672,7 +672,6 @@ func (b *Buffer) commit(batch []*Append) {
 		if s == seq {
 			return nil // only duplicates or refusals: nothing to write
 		}
-		header.dedup = newDedup
 		header.clock = b.clockMillis()
 		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.clock, header.routes, header.recs, bodies, newDedup)); err != nil {
 			return err

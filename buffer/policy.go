@@ -70,8 +70,7 @@ func (b *Buffer) SetLimits(l Limits) { b.limits.Store(&l) }
 type changes struct {
 	bytes   map[string]int64 // route bytes as the commit sees them
 	drops   map[string]map[string]uint64
-	removed map[string]int64 // bytes removed per route
-	evict   []evictRef       // records of earlier commits evicted, applied after commit
+	evict   []evictRef // records of earlier commits evicted, applied after commit
 	through map[string]uint64
 	pending map[string][]pendingRec // this commit's own records, oldest first
 	batchEv []batchEvict            // this commit's records evicted by later ones
@@ -100,7 +99,7 @@ func newChanges(snapshot map[string]int64) *changes {
 	for k, v := range snapshot {
 		bytes[k] = v
 	}
-	return &changes{bytes: bytes, drops: map[string]map[string]uint64{}, removed: map[string]int64{},
+	return &changes{bytes: bytes, drops: map[string]map[string]uint64{},
 		through: map[string]uint64{}, pending: map[string][]pendingRec{}}
 }
 
@@ -114,7 +113,6 @@ func (c *changes) addPending(route string, seq uint64, size int64) {
 
 func (c *changes) remove(route, reason string, n, size int64) {
 	c.bytes[route] -= size
-	c.removed[route] += size
 	if reason != "" {
 		if c.drops[route] == nil {
 			c.drops[route] = map[string]uint64{}
