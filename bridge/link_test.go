@@ -398,3 +398,63 @@ func TestBatchesAdaptToTheLink(t *testing.T) {
 
 // testutilCounter is the bytes the drain handed to the producer.
 func testutilCounter(b *Bridge) float64 { return testutil.ToFloat64(b.m.bytes) }
+
+// TestWindowsAcrossClockJumps: a box without a battery-backed clock boots in
+// 1970, NTP then moves it forward by decades, and a ship's clock may go back.
+// Drain windows are times of day on the wall clock, so each jump must be
+// followed at once: no window is missed because the clock was wrong when the
+// drain last looked, and none opens early because of a stale "next window".
+func TestWindowsAcrossClockJumps(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(2, "payments", "bulk"))
+	buf := openBuffer(t)
+	// boot: 1 January 1970, noon; the window is 01:00-02:00
+	clock := &fakeClock{now: time.Date(1970, 1, 1, 12, 0, 0, 0, time.Local)}
+	prio := map[string]int{"payments": 0, "bulk": 5}
+	pay := newAppender(buf, "payments", "payments", 2)
+	bulk := newAppender(buf, "bulk", "bulk", 2)
+	bulk.append(t, 100)
+	pay.append(t, 20)
+	b := startBridge(t, buf, k.Addrs, func(o *Options) {
+		o.Now = clock.Now
+		o.Priority = func(r string) int { return prio[r] }
+		o.Link = config.Link{Windows: mustWindows(t, "01:00-02:00"), UrgentPriority: 0}
+	})
+	routeCount := func(r string) int64 { return buf.Stats()[r].Messages }
+	testkit.Eventually(t, 30*time.Second, func() bool { return routeCount("payments") == 0 }, "urgent route not drained in 1970")
+	if st := b.Link(); !st.OutsideWindow || !st.NextWindow.Equal(time.Date(1970, 1, 2, 1, 0, 0, 0, time.Local)) {
+		t.Fatalf("1970 noon: link %+v, want outside with the next window at 01:00 the next day", st)
+	}
+	if n := routeCount("bulk"); n != 100 {
+		t.Fatalf("bulk drained outside its window in 1970: %d left of 100", n)
+	}
+
+	// NTP: forward 56 years, to a time inside the window. The drain follows
+	// at once, not at the window it computed in 1970.
+	clock.Set(time.Date(2026, 11, 30, 1, 30, 0, 0, time.Local))
+	waitDrained(t, buf, 30*time.Second)
+	if st := b.Link(); st.OutsideWindow {
+		t.Fatalf("after the jump into the window: %+v", st)
+	}
+
+	// Back by 26 years, to an afternoon: closed again, and the next window
+	// is the one after the new now, not the 2026 one.
+	clock.Set(time.Date(2000, 6, 1, 15, 0, 0, 0, time.Local))
+	bulk.append(t, 50)
+	pay.append(t, 10)
+	testkit.Eventually(t, 30*time.Second, func() bool { return routeCount("payments") == 0 }, "urgent route stuck after the backward jump")
+	if n := routeCount("bulk"); n != 50 {
+		t.Fatalf("bulk drained outside its window after the backward jump: %d left of 50", n)
+	}
+	if st := b.Link(); !st.OutsideWindow || !st.NextWindow.Equal(time.Date(2000, 6, 2, 1, 0, 0, 0, time.Local)) {
+		t.Fatalf("after the backward jump: %+v, want next window 2000-06-02 01:00", st)
+	}
+
+	// Forward a few hours into that window: bulk goes.
+	clock.Set(time.Date(2000, 6, 2, 1, 0, 5, 0, time.Local))
+	waitDrained(t, buf, 30*time.Second)
+	for _, a := range []*appender{pay, bulk} {
+		if dups := checkDelivery(t, testkit.ReadAll(t, k.Addrs, a.topic), a.recs); dups != 0 {
+			t.Errorf("%s: %d duplicates", a.topic, dups)
+		}
+	}
+}
