@@ -81,6 +81,9 @@ func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec
 // Route names and client ids are copied, so the header outlives the
 // transaction v came from.
 func decodeBlockHeader(key uint64, v []byte, withDedup bool) (*blockHeader, error) {
+	if len(v) >= 1 && v[0] > blockVersion {
+		return nil, &newerBlockError{key: key, version: v[0]}
+	}
 	if len(v) < 1 || v[0] != blockVersion {
 		return nil, fmt.Errorf("%w: block %d: unknown version", ErrCorruptRecord, key)
 	}

@@ -310,6 +310,11 @@ func (b *Buffer) openAndLoad() (err error) {
 	b.drops = map[string]map[string]uint64{}
 	b.dedup = newDedupIndex()
 	b.marks = map[string]uint64{}
+	if err := b.db.View(func(tx *bolt.Tx) error { return checkFormat(tx, b.opts.Path) }); err != nil {
+		db.Close()
+		b.db = nil
+		return err
+	}
 	if err := b.migrate(); err != nil {
 		db.Close()
 		b.db = nil
@@ -333,7 +338,7 @@ func (b *Buffer) load() error {
 	ready := false
 	if err := b.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(metaBucket)
-		ready = meta != nil && meta.Get(epochKey) != nil && tx.Bucket(dedupBucket) != nil && tx.Bucket(blocksBucket) != nil
+		ready = meta != nil && meta.Get(epochKey) != nil && tx.Bucket(blocksBucket) != nil && formatMarked(tx)
 		return nil
 	}); err != nil {
 		return fmt.Errorf("buffer: %w", err)
@@ -352,7 +357,7 @@ func (b *Buffer) load() error {
 					return err
 				}
 			}
-			return nil
+			return markFormat(tx)
 		})
 		if err != nil {
 			return fmt.Errorf("buffer: %w", err)
@@ -400,6 +405,9 @@ func (b *Buffer) indexBlocks(bk *bolt.Bucket, dedup bool) error {
 		key := binary.BigEndian.Uint64(k)
 		v := getBlock(bk, k)
 		h, err := decodeBlockHeader(key, v, dedup)
+		if nb := (*newerBlockError)(nil); errors.As(err, &nb) {
+			return newerFormat(b.opts.Path, nb.Error())
+		}
 		if err != nil {
 			return err
 		}

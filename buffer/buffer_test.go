@@ -358,7 +358,7 @@ func TestDedupLogPruneAndReload(t *testing.T) {
 	var onDisk, blocks int
 	b.db.View(func(tx *bolt.Tx) error {
 		blocks = tx.Bucket(blocksBucket).Stats().KeyN
-		return tx.Bucket(dedupBucket).ForEach(func(_, v []byte) error { onDisk += dedupCount(v); return nil })
+		return tx.Bucket(dedupBucket).ForEach(func(k, v []byte) error { onDisk += dedupCount(k, v); return nil })
 	})
 	if blocks != 0 {
 		t.Fatalf("%d delivered blocks left after purge", blocks)

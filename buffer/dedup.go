@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
@@ -162,6 +163,9 @@ func loadDedupLog(bk *bolt.Bucket) ([]dedupEntry, error) {
 	total := 0
 	c := bk.Cursor()
 	for k, v := c.Last(); k != nil && total < dedupLogKeep; k, v = c.Prev() {
+		if bytes.Equal(k, firstReleaseGuardKey) {
+			continue
+		}
 		entries, err := decodeDedupBatch(v)
 		if err != nil {
 			return nil, fmt.Errorf("buffer: dedup log: %w", err)
@@ -193,7 +197,7 @@ func pruneDedupLog(bk *bolt.Bucket) (int, error) {
 	kept, total := 0, 0
 	c := bk.Cursor()
 	for k, v := c.Last(); k != nil; k, v = c.Prev() {
-		total += dedupCount(v)
+		total += dedupCount(k, v)
 	}
 	if total <= 2*dedupLogKeep {
 		return 0, nil
@@ -201,14 +205,17 @@ func pruneDedupLog(bk *bolt.Bucket) (int, error) {
 	// walk back from the newest until dedupLogKeep entries are kept
 	k, v := c.Last()
 	for ; k != nil && kept < dedupLogKeep; k, v = c.Prev() {
-		kept += dedupCount(v)
+		kept += dedupCount(k, v)
 	}
 	// collect first: deleting under a moving cursor skips keys
 	var keys [][]byte
 	removed := 0
 	for ; k != nil; k, v = c.Prev() {
+		if bytes.Equal(k, firstReleaseGuardKey) {
+			continue // sorts last, so never here; kept whatever happens
+		}
 		keys = append(keys, append([]byte(nil), k...))
-		removed += dedupCount(v)
+		removed += dedupCount(k, v)
 	}
 	for _, k := range keys {
 		if err := bk.Delete(k); err != nil {
@@ -218,7 +225,10 @@ func pruneDedupLog(bk *bolt.Bucket) (int, error) {
 	return removed, nil
 }
 
-func dedupCount(v []byte) int {
+func dedupCount(key, v []byte) int {
+	if bytes.Equal(key, firstReleaseGuardKey) {
+		return 0
+	}
 	n, k := binary.Uvarint(v)
 	if k <= 0 {
 		return 0

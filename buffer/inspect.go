@@ -120,6 +120,9 @@ func OpenReadOnly(path string) (*Buffer, error) {
 			}
 		}()
 		return db.View(func(tx *bolt.Tx) error {
+			if err := checkFormat(tx, path); err != nil {
+				return err
+			}
 			if meta := tx.Bucket(metaBucket); meta != nil {
 				if v := meta.Get(seqKeyName); len(v) == 8 {
 					b.nextSeq = binary.BigEndian.Uint64(v)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
 	"github.com/edgegw/gateway/internal/testkit"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func freeAddr(t testing.TB) string {
@@ -156,5 +159,48 @@ func TestCorruptStateFilesAreQuarantined(t *testing.T) {
 	admin.PrintStatus(&out, st)
 	if !strings.Contains(out.String(), "quarantined: sessions.db") {
 		t.Fatalf("gateway status does not say so:\n%s", out.String())
+	}
+}
+
+// A downgrade: a buffer file that a newer release wrote stops the gateway
+// at start with a message naming the file; it is neither misread nor moved
+// aside, and the sessions and receipts are left alone too.
+func TestNewerBufferFileRefusedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	g, err := startGateway(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.stop(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "buffer.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("format"), []byte{0, 0, 0, 0, 0, 0, 0, 9})
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	g, err = startGateway(cfg, slog.New(slog.DiscardHandler))
+	if err == nil {
+		g.stop()
+		t.Fatal("the gateway started on a buffer file of a newer format")
+	}
+	if !errors.Is(err, buffer.ErrNewerFormat) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("start error %q does not say the file is from a newer release", err)
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(before, after) {
+		t.Fatal("the refused buffer file was changed")
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*.corrupt-*")); len(m) > 0 {
+		t.Fatalf("files moved aside: %v", m)
 	}
 }
