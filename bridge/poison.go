@@ -242,38 +242,58 @@ func (b *Bridge) clearSuspect(route string, seq uint64) {
 // screen takes out of a batch, before anything is sent: records too large
 // for kafka.max_message_bytes (set aside at once), and the records of routes
 // whose topic Kafka lacks or denies (the route waits). It returns what may
-// be sent, and whether it set anything aside or made a route wait.
-func (s *session) screen(recs []buffer.Record) ([]buffer.Record, bool, error) {
+// be sent with their Kafka messages, and whether it set anything aside or
+// made a route wait. When nothing is taken out, recs itself is returned.
+func (s *session) screen(recs []buffer.Record) ([]buffer.Record, []*sarama.ProducerMessage, bool, error) {
 	b := s.b
 	limit := int(b.maxMessageBytes())
-	out := recs[:0:0]
+	msgs := make([]*sarama.ProducerMessage, 0, len(recs))
+	var out []buffer.Record // nil while every record so far is kept
+	keep := func(i int, m *sarama.ProducerMessage) {
+		if out != nil {
+			out = append(out, recs[i])
+		}
+		msgs = append(msgs, m)
+	}
+	drop := func(i int) {
+		if out == nil {
+			out = append(make([]buffer.Record, 0, len(recs)), recs[:i]...)
+		}
+	}
 	var large []buffer.Record
 	changed := false
 	blocked := map[string]bool{}
 	for i := range recs {
 		r := &recs[i]
 		if blocked[r.Route] {
+			drop(i)
 			continue
 		}
 		if reason, err := s.checkTopic(r.KafkaTopic); reason != "" {
 			b.setWaiting(r.Route, r.KafkaTopic, reason, err)
 			blocked[r.Route] = true
 			changed = true
+			drop(i)
 			continue
 		}
-		if n := b.message(r).ByteSize(2); n > limit {
+		m := b.message(r)
+		if n := m.ByteSize(2); n > limit {
 			large = append(large, *r)
+			drop(i)
 			continue
 		}
-		out = append(out, *r)
+		keep(i, m)
+	}
+	if out == nil {
+		out = recs
 	}
 	if len(large) > 0 {
 		changed = true
 		if err := b.deadLetter(large, ReasonTooLarge, fmt.Errorf("record of %d bytes is over kafka.max_message_bytes %d", b.message(&large[0]).ByteSize(2), limit)); err != nil {
-			return nil, changed, err
+			return nil, nil, changed, err
 		}
 	}
-	return out, changed, nil
+	return out, msgs, changed, nil
 }
 
 // topicCheckWait bounds how long the drain waits for Kafka to say whether a

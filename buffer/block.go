@@ -148,9 +148,33 @@ func decodeBlockHeader(key uint64, v []byte, withDedup bool) (*blockHeader, erro
 
 // record decodes record i of a block value, copying what it keeps.
 func (h *blockHeader) record(v []byte, i int) (Record, error) {
+	var a arena
+	return h.recordIn(&a, v, i)
+}
+
+// arena hands out the copies records are decoded from, a chunk at a time:
+// one allocation for many records instead of several per record. A record
+// keeps its chunk alive; chunks are never written again once handed out.
+type arena struct{ buf []byte }
+
+// Chunks start small (a drain that keeps up reads a few records at a time)
+// and double up to arenaChunk.
+const arenaFirst, arenaChunk = 2 << 10, 64 << 10
+
+func (a *arena) copy(p []byte) []byte {
+	if cap(a.buf)-len(a.buf) < len(p) {
+		a.buf = make([]byte, 0, max(len(p), min(2*cap(a.buf), arenaChunk), arenaFirst))
+	}
+	n := len(a.buf)
+	a.buf = append(a.buf, p...)
+	return a.buf[n:len(a.buf):len(a.buf)]
+}
+
+// recordIn decodes record i of the block from a copy taken from a.
+func (h *blockHeader) recordIn(a *arena, v []byte, i int) (Record, error) {
 	br := h.recs[i]
 	var r Record
-	if err := r.unmarshal(append([]byte(nil), v[br.off:br.off+br.size]...)); err != nil {
+	if err := r.unmarshalOwned(a.copy(v[br.off : br.off+br.size])); err != nil {
 		return r, fmt.Errorf("seq %d: %w", br.seq, err)
 	}
 	r.Seq = br.seq

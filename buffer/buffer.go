@@ -741,7 +741,14 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 		}
 		return routes[i] < routes[j]
 	})
-	var out []Record
+	b.mu.Lock()
+	live := 0
+	for _, st := range b.idx.routes {
+		live += int(st.Messages)
+	}
+	b.mu.Unlock()
+	out := make([]Record, 0, min(maxRecords, live))
+	var copies arena
 	size := 0
 	limits, now := b.limits.Load(), b.clockMillis()
 	b.dbMu.RLock()
@@ -755,7 +762,7 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 			if b.expired(limits, route, h.clock, now) {
 				return true, nil
 			}
-			r, err := h.record(v, i)
+			r, err := h.recordIn(&copies, v, i)
 			if err != nil {
 				return false, fmt.Errorf("route %q %w", route, err)
 			}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync"
@@ -35,7 +36,16 @@ func main() {
 	partitions := flag.Int("partitions", 3, "partitions of the topic")
 	minBatch := flag.Int("min-batch", 0, "bridge MinBatchRecords (0 = the bridge's default)")
 	exactlyOnce := flag.Bool("exactly-once", false, "the bridge drains transactionally (kafka.exactly_once); the bare producer stays idempotent, not transactional")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the bridge's drains (not the bare producer's) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fail(err)
+		}
+		defer f.Close()
+		profile = f
+	}
 
 	kcfg := config.Kafka{ClientID: "drainbench", Version: "2.8.0", Compression: *compression}
 	var bridgeRates, bareRates []float64
@@ -69,6 +79,10 @@ func main() {
 	fmt.Printf("  ratio bridge/bare: %.2f (target >= 0.5)\n", mb/ms)
 	fmt.Printf("DRAIN bridge=%.0f bare=%.0f\n", mb, ms) // for bench/run.sh
 }
+
+// profile receives the CPU profile of the bridge's drains (-cpuprofile);
+// pprof keeps one profile per file, so only the first round's is written.
+var profile *os.File
 
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "drainbench:", err)
@@ -120,6 +134,12 @@ func drainBridge(k config.Kafka, topic string, n, size, clients, minBatch int) (
 	br, err := bridge.New(buf, bridge.Options{Kafka: k, GatewayID: "bench", MinBatchRecords: minBatch, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return 0, err
+	}
+	if profile != nil {
+		if err := pprof.StartCPUProfile(profile); err == nil {
+			defer pprof.StopCPUProfile()
+		}
+		profile = nil
 	}
 	start := time.Now()
 	br.Start()
