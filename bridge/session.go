@@ -163,6 +163,19 @@ func (s *session) drain() error {
 	cursors := map[string]uint64{} // per route: the last seq handed to sarama
 	tick := time.NewTicker(idleTick)
 	defer tick.Stop()
+	// Exactly-once: a batch's transaction commits (a round trip to Kafka,
+	// after its last produce is acknowledged) while the next batch is read
+	// and screened; the next transaction begins only once it has committed.
+	var committing chan error
+	waitCommit := func() error {
+		if committing == nil {
+			return nil
+		}
+		err := <-committing
+		committing = nil
+		return err
+	}
+	defer func() { _ = waitCommit() }() // never leave a commit running behind the session
 	for {
 		select {
 		case <-b.quit:
@@ -200,7 +213,7 @@ func (s *session) drain() error {
 		if careful {
 			s.settleCareful(recs)
 		}
-		recs, changed, err := s.screen(recs)
+		recs, msgs, changed, err := s.screen(recs)
 		if err != nil {
 			s.f.kill(err)
 			return fmt.Errorf("bridge: %w", err)
@@ -211,6 +224,9 @@ func (s *session) drain() error {
 		if len(recs) == 0 {
 			if changed {
 				continue // something was set aside or made to wait: read again
+			}
+			if err := waitCommit(); err != nil {
+				return err
 			}
 			select {
 			case <-b.quit:
@@ -228,6 +244,9 @@ func (s *session) drain() error {
 				}
 			}
 			continue
+		}
+		if err := waitCommit(); err != nil {
+			return err
 		}
 		bt := &batch{recs: recs, acked: make([]bool, len(recs)), pending: len(recs) + 1, alone: careful}
 		s.mu.Lock()
@@ -250,7 +269,7 @@ func (s *session) drain() error {
 		sent := 0
 	submit:
 		for i := range recs {
-			msg := b.message(&recs[i])
+			msg := msgs[i]
 			msg.Metadata = msgRef{b: bt, idx: i}
 			n := messageBytes(msg)
 			if !s.throttle(n) {
@@ -268,9 +287,11 @@ func (s *session) drain() error {
 			}
 		}
 		if txn {
-			if err := s.commitTxn(bt, sent); err != nil {
+			ch, err := s.commitTxn(bt, sent)
+			if err != nil {
 				return err
 			}
+			committing = ch
 		} else {
 			s.submitted(bt, len(recs)-sent)
 		}
@@ -280,8 +301,11 @@ func (s *session) drain() error {
 
 // commitTxn ends an exactly-once batch: the marks of its routes go into the
 // same transaction, which commits only if every record was sent; otherwise
-// it is aborted and nothing of the batch is deleted.
-func (s *session) commitTxn(bt *batch, sent int) error {
+// it is aborted and nothing of the batch is deleted. The commit itself runs
+// in the background; the returned channel (nil if there is nothing to wait
+// for) gives its outcome, once the batch is released or aborted and, on
+// failure, the session killed.
+func (s *session) commitTxn(bt *batch, sent int) (chan error, error) {
 	b := s.b
 	if sent < len(bt.recs) {
 		err := s.f.error()
@@ -290,7 +314,7 @@ func (s *session) commitTxn(bt *batch, sent int) error {
 		}
 		_ = s.prod.AbortTxn()
 		s.abort(bt, len(bt.recs)-sent)
-		return err
+		return nil, err
 	}
 	// Every route's mark of this epoch, with the batch's routes moved to
 	// their highest seq in it (FIFO: their last).
@@ -306,25 +330,30 @@ func (s *session) commitTxn(bt *batch, sent int) error {
 	case <-b.quit:
 		_ = s.prod.AbortTxn()
 		s.abort(bt, 0)
-		return nil
+		return nil, nil
 	case <-s.f.fenced:
 		s.abort(bt, 0)
-		return s.f.error()
+		return nil, s.f.error()
 	}
-	if err := s.commitWatched(); err != nil {
-		err = fmt.Errorf("bridge: commit transaction: %w", err)
-		if errors.Is(err, sarama.ErrProducerFenced) {
-			b.duplicateID("Kafka fenced this gateway's transactional producer: another process registered the same transactional.id")
+	done := make(chan error, 1)
+	go func() {
+		if err := s.commitWatched(); err != nil {
+			err = fmt.Errorf("bridge: commit transaction: %w", err)
+			if errors.Is(err, sarama.ErrProducerFenced) {
+				b.duplicateID("Kafka fenced this gateway's transactional producer: another process registered the same transactional.id")
+			}
+			_ = s.prod.AbortTxn()
+			s.f.kill(err)
+			s.abort(bt, 0)
+			done <- err
+			return
 		}
-		_ = s.prod.AbortTxn()
-		s.f.kill(err)
-		s.abort(bt, 0)
-		return err
-	}
-	s.marks = marks
-	b.wroteMarks.Store(true)
-	s.submitted(bt, 0)
-	return nil
+		s.marks = marks // read by the drain only after it received from done
+		b.wroteMarks.Store(true)
+		s.submitted(bt, 0)
+		done <- nil
+	}()
+	return done, nil
 }
 
 // commitWatched commits the transaction. sarama's CommitTxn waits for every
