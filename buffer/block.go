@@ -50,8 +50,19 @@ type blockHeader struct {
 }
 
 // encodeBlock builds a block value from records with ascending seqs (the
-// first is the block key), their encodings, and the commit's dedup entries.
-func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec, bodies [][]byte, dedup []dedupEntry) []byte {
+// first is the block key), their encodings back to back (record i is
+// recs[i].size bytes), and the commit's dedup entries.
+func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec, bodies []byte, dedup []dedupEntry) []byte {
+	if dst == nil {
+		n := 32 + len(bodies) + 3*binary.MaxVarintLen32*len(recs)
+		for _, r := range routes {
+			n += binary.MaxVarintLen32 + len(r)
+		}
+		for _, e := range dedup {
+			n += 2*binary.MaxVarintLen32 + 10 + len(e.client)
+		}
+		dst = make([]byte, 0, n)
+	}
 	dst = append(dst, blockVersion)
 	dst = binary.AppendUvarint(dst, clock)
 	dst = binary.AppendUvarint(dst, uint64(len(routes)))
@@ -59,10 +70,10 @@ func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec
 		dst = wire.AppendBytes(dst, []byte(r))
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(recs)))
-	for i, r := range recs {
+	for _, r := range recs {
 		dst = binary.AppendUvarint(dst, uint64(r.route))
 		dst = binary.AppendUvarint(dst, r.seq-key)
-		dst = binary.AppendUvarint(dst, uint64(len(bodies[i])))
+		dst = binary.AppendUvarint(dst, uint64(r.size))
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(dedup)))
 	for _, e := range dedup {
@@ -71,10 +82,7 @@ func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec
 		dst = binary.BigEndian.AppendUint64(dst, e.hash)
 		dst = wire.AppendBytes(dst, []byte(e.client))
 	}
-	for _, b := range bodies {
-		dst = append(dst, b...)
-	}
-	return dst
+	return append(dst, bodies...)
 }
 
 // decodeBlockHeader reads a block's header; record offsets point into v.

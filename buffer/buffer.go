@@ -615,8 +615,13 @@ func (b *Buffer) commit(batch []*Append) {
 		newDedup = newDedup[:0]
 		header = &blockHeader{key: seq}
 		routeIdx := map[string]int{}
-		var bodies [][]byte
 		s := seq
+		// the records' encodings, back to back, in one allocation
+		space := 0
+		for _, a := range batch {
+			space += a.Record.size()
+		}
+		bodies := make([]byte, 0, space)
 		bk := tx.Bucket(blocksBucket)
 		for i, a := range batch {
 			rec := &a.Record
@@ -651,9 +656,12 @@ func (b *Buffer) commit(batch []*Append) {
 					}
 				}
 			}
-			body := rec.marshal(nil)
-			size := int64(8 + len(body))
+			start := len(bodies)
+			bodies = rec.marshal(bodies)
+			n := len(bodies) - start
+			size := int64(8 + n)
 			if err := b.makeRoom(bk, ch, limits, rec.Route, size); err != nil {
+				bodies = bodies[:start]
 				if errors.Is(err, ErrRouteFull) || errors.Is(err, ErrDiskFull) {
 					results[i] = Result{Err: err}
 					continue
@@ -669,8 +677,7 @@ func (b *Buffer) commit(batch []*Append) {
 				routeIdx[rec.Route] = ri
 				header.routes = append(header.routes, rec.Route)
 			}
-			header.recs = append(header.recs, blockRec{route: ri, seq: s, size: len(body)})
-			bodies = append(bodies, body)
+			header.recs = append(header.recs, blockRec{route: ri, seq: s, size: n})
 			ch.add(rec.Route, size)
 			ch.addPending(rec.Route, s, size)
 			results[i].Seq = s

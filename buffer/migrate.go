@@ -100,7 +100,7 @@ func (b *Buffer) migrateChunk() (int, error) {
 			}
 			h := &blockHeader{key: batch[0].seq}
 			idx := map[string]int{}
-			var bodies [][]byte
+			var bodies []byte
 			for _, it := range batch {
 				ri, ok := idx[it.route]
 				if !ok {
@@ -109,7 +109,7 @@ func (b *Buffer) migrateChunk() (int, error) {
 					h.routes = append(h.routes, it.route)
 				}
 				h.recs = append(h.recs, blockRec{route: ri, seq: it.seq, size: len(it.body)})
-				bodies = append(bodies, it.body)
+				bodies = append(bodies, it.body...)
 			}
 			if err := putBlock(blocks, seqKey(h.key), encodeBlock(nil, h.key, b.clockMillis(), h.routes, h.recs, bodies, nil)); err != nil {
 				return err
