@@ -49,10 +49,13 @@ type clientState struct {
 }
 
 type inflight struct {
-	pk     packets.Packet
+	id     uint16
+	qos    byte
+	pk     *packets.Packet // only for a publish mochi must see again (see needsMochi)
 	route  string
 	result chan buffer.Result // filled once by the buffer (or at once for local/refused)
 	code   packets.Code       // set: refuse with this code, nothing was stored
+	app    buffer.Append      // what was handed to the buffer (one allocation with the rest)
 }
 
 func (h *ingestHook) ID() string { return "gateway-ingest" }
@@ -120,7 +123,11 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 
 	st := h.state(cl)
 	st.slots <- struct{}{} // waits while this client has max_inflight unacknowledged
-	f := &inflight{pk: pk, result: make(chan buffer.Result, 1)}
+	f := &inflight{id: pk.PacketID, qos: pk.FixedHeader.Qos, result: make(chan buffer.Result, 1)}
+	if b.needsMochi(pk) {
+		keep := pk
+		f.pk = &keep
+	}
 	switch {
 	case local:
 		f.result <- buffer.Result{}
@@ -130,18 +137,38 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		f.result <- buffer.Result{}
 	default:
 		f.route = route.Name
-		rec := b.record(cl, pk, route)
-		err := b.buf.Append(&buffer.Append{
-			Record: rec,
+		f.app = buffer.Append{
+			Record: b.record(cl, pk, route),
 			Dedup:  buffer.DedupKey{ClientID: cl.ID, PacketID: pk.PacketID, Dup: pk.FixedHeader.Dup, Conn: st.conn},
 			Done:   func(r buffer.Result) { f.result <- r },
-		})
-		if err != nil {
+		}
+		if err := b.buf.Append(&f.app); err != nil {
 			f.result <- buffer.Result{Err: err}
 		}
 	}
 	st.queue <- f
-	return pk, packets.ErrRejectPacket
+	return ignored(pk), nil
+}
+
+// ignored is what OnPublish gives back to mochi for a publish the acker
+// answers: marked Ignore, not retained and at QoS 0, mochi sends nothing for
+// it, retains nothing and delivers nothing (processPublish; pinned by
+// TestPinIgnoredPublishIsSilent). ErrRejectPacket would do the same, but
+// mochi then logs the packet, boxing a copy of it for every publish even
+// with debug logging off: a tenth of the allocations at full ingest.
+func ignored(pk packets.Packet) packets.Packet {
+	pk.Ignore = true
+	pk.FixedHeader.Retain = false
+	pk.FixedHeader.Qos = 0
+	return pk
+}
+
+// needsMochi: a stored publish must go through mochi again (inject) rather
+// than be answered with a bare PUBACK: QoS 2, retained, or with a local
+// subscriber when it arrived (the common case, a terminal's telemetry or
+// payment, needs nothing but its PUBACK).
+func (b *Broker) needsMochi(pk packets.Packet) bool {
+	return pk.FixedHeader.Qos != 1 || pk.FixedHeader.Retain || b.hasLocalSubscribers(pk.TopicName)
 }
 
 // OnWillSent puts a will that matches a route into the uplink buffer, like
@@ -235,7 +262,7 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 		switch {
 		case f.code.Code != 0:
 			flush()
-			b.refuse(cl, f.pk, f.code)
+			b.refuse(cl, f.id, f.qos, f.code)
 		case r.Err != nil:
 			flush()
 			reason, code := "write_failed", packets.ErrUnspecifiedError
@@ -251,33 +278,25 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 				code = packets.ErrServerShuttingDown
 			}
 			b.countRefused(f.route, reason)
-			b.refuse(cl, f.pk, code)
+			b.refuse(cl, f.id, f.qos, code)
 		default:
 			if f.route != "" {
 				b.countStored(f.route, r)
 			}
-			if f.pk.FixedHeader.Qos > 0 && !r.Duplicate {
-				b.buf.Acknowledged(cl.ID, f.pk.PacketID, r.Seq, st.conn)
+			if f.qos > 0 && !r.Duplicate {
+				b.buf.Acknowledged(cl.ID, f.id, r.Seq, st.conn)
 			}
-			if b.directAck(f.pk) {
+			if f.pk == nil {
 				// PUBACK, remaining length 2, packet id (success needs no
 				// reason code in MQTT 5 either)
-				acks = append(acks, packets.Puback<<4, 2, byte(f.pk.PacketID>>8), byte(f.pk.PacketID))
+				acks = append(acks, packets.Puback<<4, 2, byte(f.id>>8), byte(f.id))
 			} else {
 				flush()
-				b.inject(cl, st, f.pk)
+				b.inject(cl, st, *f.pk)
 			}
 		}
 		<-st.slots
 	}
-}
-
-// directAck reports whether a stored publish needs nothing but its PUBACK:
-// QoS 1, not retained, and no local subscriber (the common case: a
-// terminal's telemetry or payment). Otherwise it goes through mochi again
-// (inject), so mochi acknowledges, retains and fans it out as usual.
-func (b *Broker) directAck(pk packets.Packet) bool {
-	return pk.FixedHeader.Qos == 1 && !pk.FixedHeader.Retain && !b.hasLocalSubscribers(pk.TopicName)
 }
 
 // inject hands a stored publish back to mochi, marked as stored.
@@ -313,7 +332,7 @@ func (b *Broker) hasLocalSubscribers(topic string) bool {
 
 // refuse answers a publish that was not stored: reason code for MQTT 5,
 // disconnect for 3.1.1 (which has no negative PUBACK).
-func (b *Broker) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) {
+func (b *Broker) refuse(cl *mqtt.Client, id uint16, qos byte, code packets.Code) {
 	if cl.Closed() {
 		return
 	}
@@ -322,12 +341,12 @@ func (b *Broker) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) {
 		return
 	}
 	ackType := packets.Puback
-	if pk.FixedHeader.Qos == 2 {
+	if qos == 2 {
 		ackType = packets.Pubrec
 	}
 	ack := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: ackType},
-		PacketID:    pk.PacketID,
+		PacketID:    id,
 		ReasonCode:  code.Code,
 		Properties:  packets.Properties{ReasonString: code.Reason},
 	}

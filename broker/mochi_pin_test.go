@@ -2,12 +2,15 @@ package broker
 
 import (
 	"bytes"
+	"encoding/binary"
+	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/internal/testkit"
 )
 
 // Pins of mochi v2.7.9 behaviour the ingest path leans on (see
@@ -64,5 +67,64 @@ func TestPinRawPubackBytes(t *testing.T) {
 			t.Fatalf("MQTT %d PUBACK: type %d body %x, want type 4 body 1234", v, typ, body)
 		}
 		c.conn.Close()
+	}
+}
+
+// OnPublish answers mochi with the publish marked Ignore, at QoS 0 and not
+// retained (ingest.go, ignored): mochi must then send no PUBACK, retain
+// nothing and deliver nothing, while the commit is still pending; after
+// the commit the acker's inject does all three, once.
+func TestPinIgnoredPublishIsSilent(t *testing.T) {
+	gate := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(gate) }) }
+	e := start(t, "", "acl: {subscribe: ['#'], publish: ['#']}\n", buffer.Options{BeforeCommit: func([]uint64) error {
+		<-gate
+		return nil
+	}})
+	defer open()
+	got := make(chan string, 10)
+	sub := pahoClient(t, e.addr, "dashboard", nil)
+	if tok := sub.Subscribe("terminals/#", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	c := dialRaw(t, e.addr, 5, "term-silent", true)
+	var body []byte
+	body = appendStr(body, "terminals/term-silent/telemetry/state")
+	body = binary.BigEndian.AppendUint16(body, 7)
+	body = append(body, 0) // no properties
+	body = append(body, "on"...)
+	c.send(0x30|1<<1|1, body) // PUBLISH, QoS 1, retain
+
+	if typ, b, err := c.tryRead(300 * time.Millisecond); err == nil {
+		t.Fatalf("packet type %d %v before the commit", typ, b)
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("delivered before the commit: %q", m)
+	default:
+	}
+	retained := func() int { return len(e.brk.server.Topics.Messages("terminals/term-silent/telemetry/state")) }
+	if n := retained(); n != 0 {
+		t.Fatalf("%d retained before the commit", n)
+	}
+
+	open()
+	if pid, code := c.expectPuback(); pid != 7 || code != 0 {
+		t.Fatalf("PUBACK %d code %#x, want 7 success", pid, code)
+	}
+	select {
+	case m := <-got:
+		if m != "on" {
+			t.Fatalf("subscriber got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscriber got nothing after the commit")
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return retained() == 1 }, "not retained after the commit")
+	select {
+	case m := <-got:
+		t.Fatalf("a second copy: %q", m)
+	case <-time.After(200 * time.Millisecond):
 	}
 }
