@@ -323,7 +323,7 @@ func controlType(key []byte) int16 {
 func (s *session) ensureOffsetsTopic() error { return s.b.ensureOffsetsTopic(s.cl) }
 
 func (b *Bridge) ensureOffsetsTopic(cl sarama.Client) error {
-	if _, err := cl.Partitions(OffsetsTopic); err == nil {
+	if b.topicExists(cl, OffsetsTopic) {
 		return nil
 	}
 	admin, err := sarama.NewClusterAdmin(b.opts.Kafka.Brokers, b.adminConfig())
@@ -345,6 +345,32 @@ func (b *Bridge) ensureOffsetsTopic(cl sarama.Client) error {
 		b.log.Info("created the gateway's marks topic", "topic", OffsetsTopic)
 	}
 	return cl.RefreshMetadata(OffsetsTopic)
+}
+
+// topicExists asks one broker, once, whether topic exists. sarama's
+// client would retry an unknown topic with backoff (~0.6 s on a cluster
+// that never had the marks topic) before saying so; any doubt here only
+// costs a CreateTopic that finds it exists.
+func (b *Bridge) topicExists(cl sarama.Client, topic string) bool {
+	br := cl.LeastLoadedBroker()
+	if br == nil {
+		return false
+	}
+	if ok, _ := br.Connected(); !ok {
+		if err := br.Open(cl.Config()); err != nil && !errors.Is(err, sarama.ErrAlreadyConnected) {
+			return false
+		}
+	}
+	resp, err := br.GetMetadata(sarama.NewMetadataRequest(b.base.Version, []string{topic}))
+	if err != nil {
+		return false
+	}
+	for _, t := range resp.Topics {
+		if t.Name == topic {
+			return t.Err == sarama.ErrNoError && len(t.Partitions) > 0
+		}
+	}
+	return false
 }
 
 // adminConfig is the drain's config without the producer's transactional
