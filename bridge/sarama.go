@@ -14,16 +14,19 @@ import (
 // Retry settings of the uplink producer; the network settings every client
 // shares are kafkaclient's.
 const (
-	netTimeout       = kafkaclient.NetTimeout
-	produceRetries   = 200 // sarama-internal retries of one batch before it is returned as an error
-	retryBackoffMin  = 100 * time.Millisecond
-	retryBackoffMax  = 5 * time.Second
-	metadataRetries  = kafkaclient.MetadataRetries
-	metadataBackoff  = kafkaclient.MetadataBackoff
-	maxMessageBytes  = 1000000 // Kafka's default message.max.bytes is 1048588
-	flushBytes       = 1 << 20
-	flushFrequency   = 5 * time.Millisecond
-	flushMaxMessages = 0 // no hard cap: one request carries what accumulated while the previous was in flight
+	netTimeout      = kafkaclient.NetTimeout
+	produceRetries  = 200 // sarama-internal retries of one batch before it is returned as an error
+	retryBackoffMin = 100 * time.Millisecond
+	retryBackoffMax = 5 * time.Second
+	metadataRetries = kafkaclient.MetadataRetries
+	metadataBackoff = kafkaclient.MetadataBackoff
+	maxMessageBytes = 1000000 // Kafka's default message.max.bytes is 1048588
+	flushBytes      = 1 << 20
+	flushFrequency  = 20 * time.Millisecond
+	// A transaction's commit waits for its last records, which sarama
+	// sends only when the flush timer fires: a short timer there.
+	txnFlushFrequency = time.Millisecond
+	flushMaxMessages  = 0 // no hard cap: one request carries what accumulated while the previous was in flight
 )
 
 // NewSaramaConfig builds the uplink producer's sarama configuration: the
@@ -57,6 +60,9 @@ func NewSaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	}
 	p.Flush.Bytes = flushBytes
 	p.Flush.Frequency = flushFrequency
+	if k.ExactlyOnce {
+		p.Flush.Frequency = txnFlushFrequency
+	}
 	p.Flush.MaxMessages = flushMaxMessages
 	// Same partition for a key as the Java client's default partitioner, so
 	// consumers may co-partition with other producers.
