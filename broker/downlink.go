@@ -84,24 +84,26 @@ type downlinkHook struct {
 }
 
 // recentIDs remembers the last len(ring) packet ids a client published with.
+// It is written on every publish and read only when a downlink id is
+// picked, so it is a bare ring (a map beside it cost ~2% of ingest CPU).
 type recentIDs struct {
 	ring [64]uint16
 	n    int
-	set  map[uint16]int // id -> occurrences in ring
-	next uint16         // next downlink id to try (counts down)
+	next uint16 // next downlink id to try (counts down)
 }
 
 func (r *recentIDs) add(id uint16) {
-	i := r.n % len(r.ring)
-	if r.n >= len(r.ring) {
-		old := r.ring[i]
-		if r.set[old]--; r.set[old] <= 0 {
-			delete(r.set, old)
+	r.ring[r.n%len(r.ring)] = id
+	r.n++
+}
+
+func (r *recentIDs) has(id uint16) bool {
+	for _, v := range r.ring[:min(r.n, len(r.ring))] {
+		if v == id {
+			return true
 		}
 	}
-	r.ring[i] = id
-	r.set[id]++
-	r.n++
+	return false
 }
 
 type eventsBox struct{ ev DownlinkEvents }
@@ -143,7 +145,7 @@ func (h *downlinkHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	h.mu.Lock()
 	r := h.recent[cl.ID]
 	if r == nil {
-		r = &recentIDs{set: map[uint16]int{}, next: 65535}
+		r = &recentIDs{next: 65535}
 		h.recent[cl.ID] = r
 	}
 	r.add(pk.PacketID)
@@ -183,7 +185,7 @@ func (h *downlinkHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 func (h *downlinkHook) nextID(cl *mqtt.Client) (uint16, bool) {
 	r := h.recent[cl.ID]
 	if r == nil {
-		r = &recentIDs{set: map[uint16]int{}, next: 65535}
+		r = &recentIDs{next: 65535}
 		h.recent[cl.ID] = r
 	}
 	for range 65535 {
@@ -191,7 +193,7 @@ func (h *downlinkHook) nextID(cl *mqtt.Client) (uint16, bool) {
 		if r.next--; r.next == 0 {
 			r.next = 65535
 		}
-		if _, used := cl.State.Inflight.Get(id); used || r.set[id] > 0 {
+		if _, used := cl.State.Inflight.Get(id); used || r.has(id) {
 			continue
 		}
 		return id, true
