@@ -63,6 +63,11 @@ func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec
 		}
 		dst = make([]byte, 0, n)
 	}
+	return append(encodeBlockHeader(dst, key, clock, routes, recs, dedup), bodies...)
+}
+
+// encodeBlockHeader is the block's header alone: what precedes the bodies.
+func encodeBlockHeader(dst []byte, key, clock uint64, routes []string, recs []blockRec, dedup []dedupEntry) []byte {
 	dst = append(dst, blockVersion)
 	dst = binary.AppendUvarint(dst, clock)
 	dst = binary.AppendUvarint(dst, uint64(len(routes)))
@@ -82,7 +87,7 @@ func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec
 		dst = binary.BigEndian.AppendUint64(dst, e.hash)
 		dst = wire.AppendBytes(dst, []byte(e.client))
 	}
-	return append(dst, bodies...)
+	return dst
 }
 
 // decodeBlockHeader reads a block's header; record offsets point into v.

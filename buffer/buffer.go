@@ -156,6 +156,7 @@ type Ref struct {
 
 // Buffer is the durable uplink log. Open one per data directory.
 type Buffer struct {
+	lastRead atomic.Int64 // records the last Read returned (sizes the next one's slice)
 	db   *bolt.DB
 	opts Options
 	log  *slog.Logger
@@ -610,18 +611,22 @@ func (b *Buffer) commit(batch []*Append) {
 	)
 	b.dbMu.RLock()
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		seqs = seqs[:0]
 		ch = newChanges(snapshot)
-		newDedup = newDedup[:0]
-		header = &blockHeader{key: seq}
+		newDedup = make([]dedupEntry, 0, len(batch))
+		seqs = make([]uint64, 0, len(batch))
+		header = &blockHeader{key: seq, recs: make([]blockRec, 0, len(batch))}
 		routeIdx := map[string]int{}
 		s := seq
-		// the records' encodings, back to back, in one allocation
-		space := 0
+		// The block in one allocation: room for the header (a bound,
+		// written last, right before the bodies), then the records'
+		// encodings back to back.
+		space, hdrMax := 0, 64
 		for _, a := range batch {
 			space += a.Record.size()
+			hdrMax += 3*binary.MaxVarintLen64 + len(a.Record.Route) + 2*binary.MaxVarintLen64 + 10 + len(a.Dedup.ClientID)
 		}
-		bodies := make([]byte, 0, space)
+		block := make([]byte, hdrMax, hdrMax+space)
+		bodies := block
 		bk := tx.Bucket(blocksBucket)
 		for i, a := range batch {
 			rec := &a.Record
@@ -688,7 +693,15 @@ func (b *Buffer) commit(batch []*Append) {
 			return nil // only duplicates or refusals: nothing to write
 		}
 		header.clock = b.clockMillis()
-		if err := putBlock(bk, seqKey(seq), encodeBlock(nil, seq, header.clock, header.routes, header.recs, bodies, newDedup)); err != nil {
+		hdr := encodeBlockHeader(nil, seq, header.clock, header.routes, header.recs, newDedup)
+		var value []byte
+		if start := hdrMax - len(hdr); start >= 0 && len(bodies) >= hdrMax {
+			copy(bodies[start:], hdr)
+			value = bodies[start:]
+		} else { // the bound was wrong: build it again
+			value = append(hdr, bodies[hdrMax:]...)
+		}
+		if err := putBlock(bk, seqKey(seq), value); err != nil {
 			return err
 		}
 		failpoint.Hit(failpoint.BufferCommitBeforeSync)
@@ -754,7 +767,11 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 		live += int(st.Messages)
 	}
 	b.mu.Unlock()
-	out := make([]Record, 0, min(maxRecords, live))
+	// Room for about what the last read returned: a drain that keeps up
+	// reads a few records per call although many are live (sent, not yet
+	// acknowledged); a backlog drain reads full batches every time.
+	out := make([]Record, 0, min(maxRecords, live, max(2*int(b.lastRead.Load()), 64)))
+	defer func() { b.lastRead.Store(int64(len(out))) }()
 	var copies arena
 	size := 0
 	limits, now := b.limits.Load(), b.clockMillis()
