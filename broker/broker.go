@@ -51,6 +51,8 @@ type Broker struct {
 	downlink *downlinkHook
 	ruleSet  atomic.Pointer[rules.Set]
 
+	localSubs localSubs // which topics local subscribers want (see localsubs.go)
+
 	tcp    []*tcpListener // for Addr()
 	ws     *wsListener
 	store  *sessionStore // closed after the ackers, see Close

@@ -62,7 +62,8 @@ func (h *ingestHook) ID() string { return "gateway-ingest" }
 
 func (h *ingestHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnWillSent:
+	case mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnWillSent,
+		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
 		return true
 	}
 	return false
@@ -326,6 +327,10 @@ func (b *Broker) writeRaw(cl *mqtt.Client, p []byte) {
 }
 
 func (b *Broker) hasLocalSubscribers(topic string) bool {
+	return b.localSubs.has(topic, b.askLocalSubscribers)
+}
+
+func (b *Broker) askLocalSubscribers(topic string) bool {
 	s := b.server.Topics.Subscribers(topic)
 	return len(s.Subscriptions) > 0 || len(s.Shared) > 0 || len(s.InlineSubscriptions) > 0
 }
