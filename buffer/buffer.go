@@ -1094,9 +1094,12 @@ func (b *Buffer) Close() error {
 	close(b.quit)
 	<-b.done
 	<-b.janitorDone
-	// A clean stop leaves no delivered record to re-send.
-	if err := b.purge(true); err != nil {
-		b.log.Warn("buffer: final purge failed; delivered records may be sent again after restart", "error", err)
+	// A clean stop leaves no delivered record to re-send (an unusable
+	// file is not written again).
+	if b.Err() == nil {
+		if err := b.purge(true); err != nil {
+			b.log.Warn("buffer: final purge failed; delivered records may be sent again after restart", "error", err)
+		}
 	}
 	b.dbMu.Lock()
 	defer b.dbMu.Unlock()

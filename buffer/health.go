@@ -104,9 +104,14 @@ func (b *Buffer) reopen() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	drops := b.drops
-	_ = b.db.Close()
+	old := b.db
+	_ = old.Close()
 	b.db = nil
 	if err := b.openAndLoad(); err != nil {
+		// Keep the closed handle, never nil: whatever still reads or
+		// writes (the drain, the janitor, Close) gets bbolt's "database
+		// not open" instead of a nil dereference.
+		b.db = old
 		return err
 	}
 	b.drops = drops

@@ -413,3 +413,51 @@ func TestWriteFailureReopensOrStops(t *testing.T) {
 		t.Fatalf("an unusable buffer acknowledged an append: %v", err)
 	}
 }
+
+// A write fails and reopening the file fails too (its name is taken by a
+// directory): the buffer is unusable, and everything that still uses it
+// (the drain's Read, a delete, Close with its final purge) gets an error,
+// never a nil dereference.
+func TestFailedReopenLeavesNoNilHandle(t *testing.T) {
+	var fail atomic.Pointer[error]
+	path := filepath.Join(t.TempDir(), "b.db")
+	b, err := Open(Options{Path: path, BeforeCommit: func([]uint64) error {
+		if p := fail.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.AppendWait(rec("pay", "c", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Delete([]Ref{{Route: "pay", Seq: r.Seq}}) // something for the final purge to do
+	if err := os.Rename(path, path+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	eio := fmt.Errorf("injected fsync: %w", syscall.EIO)
+	fail.Store(&eio)
+	if _, err := b.AppendWait(rec("pay", "c", 2)); err == nil {
+		t.Fatal("a failed commit was acknowledged")
+	}
+	select {
+	case <-b.Failed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a failed reopen did not make the buffer unusable")
+	}
+	if _, err := b.Read(nil, prio(nil), 10, 1<<20); err == nil {
+		t.Log("Read of an unusable buffer returned no error (nothing indexed)")
+	}
+	if err := b.purge(true); err == nil {
+		t.Log("purge of an unusable buffer returned no error (nothing to purge)")
+	}
+	if err := b.Close(); err != nil {
+		t.Logf("Close: %v", err)
+	}
+}
