@@ -74,7 +74,9 @@ type incoming struct {
 
 // outbox is the durable per-device store of receipts not yet acknowledged.
 type outbox struct {
-	db *bolt.DB
+	path string
+	dbMu sync.RWMutex // read-held to use db; reopen replaces db under the write lock
+	db   *bolt.DB
 
 	mu      sync.Mutex
 	pending map[string]int // device -> receipts in the outbox
@@ -94,13 +96,8 @@ func openOutboxQuarantine(path string, now time.Time) (_ *outbox, moved string, 
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, "", nil, fmt.Errorf("receipts: outbox dir: %w", err)
 	}
-	o := &outbox{}
-	opts := &bolt.Options{
-		Timeout:        2 * time.Second, // another process holding the file: fail, don't hang
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	}
-	db, moved, cause, err := boltfile.Open(path, opts, func(db *bolt.DB) error {
+	o := &outbox{path: path}
+	db, moved, cause, err := boltfile.Open(path, outboxOptions(), func(db *bolt.DB) error {
 		o.pending, o.total = map[string]int{}, 0
 		return o.load(db)
 	}, now)
@@ -109,6 +106,60 @@ func openOutboxQuarantine(path string, now time.Time) (_ *outbox, moved string, 
 	}
 	o.db = db
 	return o, moved, cause, nil
+}
+
+func outboxOptions() *bolt.Options {
+	return &bolt.Options{
+		Timeout:        2 * time.Second, // another process holding the file: fail, don't hang
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	}
+}
+
+// update runs fn in a write transaction. After a failed one, bbolt's handle
+// is not to be trusted: a failed write can leave its freelist inconsistent
+// (the next commit panics "page already freed", seen in the fault suite),
+// and a failed fsync may have dropped pages the page cache goes on showing.
+// So the file is closed and opened again from disk before the next use, as
+// the uplink buffer does; the pending counts are read again with it.
+func (o *outbox) update(fn func(*bolt.Tx) error) error {
+	o.dbMu.RLock()
+	err := o.db.Update(fn)
+	o.dbMu.RUnlock()
+	if err != nil {
+		if rerr := o.reopen(); rerr != nil {
+			return fmt.Errorf("%w (and reopening the outbox failed: %v)", err, rerr)
+		}
+	}
+	return err
+}
+
+func (o *outbox) view(fn func(*bolt.Tx) error) error {
+	o.dbMu.RLock()
+	defer o.dbMu.RUnlock()
+	return o.db.View(fn)
+}
+
+// reopen closes the file and opens it again; when that fails the closed
+// handle stays (every use fails with "database not open" and tries again).
+func (o *outbox) reopen() error {
+	o.dbMu.Lock()
+	defer o.dbMu.Unlock()
+	_ = o.db.Close()
+	db, err := bolt.Open(o.path, 0o600, outboxOptions())
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	o.pending, o.total = map[string]int{}, 0
+	err = o.load(db)
+	o.mu.Unlock()
+	if err != nil {
+		db.Close()
+		return err
+	}
+	o.db = db
+	return nil
 }
 
 // load creates the buckets and counts the pending receipts.
@@ -135,7 +186,11 @@ func (o *outbox) load(db *bolt.DB) error {
 	return nil
 }
 
-func (o *outbox) close() error { return o.db.Close() }
+func (o *outbox) close() error {
+	o.dbMu.Lock()
+	defer o.dbMu.Unlock()
+	return o.db.Close()
+}
 
 func outboxKey(dev string, seq uint64) []byte {
 	k := make([]byte, 0, len(dev)+9)
@@ -161,7 +216,7 @@ func markKey(topic string, partition int32) []byte {
 // before the records' offsets are marked for commit.
 func (o *outbox) store(in []incoming, now time.Time) ([]receipt, error) {
 	var stored []receipt
-	err := o.db.Update(func(tx *bolt.Tx) error {
+	err := o.update(func(tx *bolt.Tx) error {
 		stored = stored[:0] // Update does not retry, but keep the function self-contained
 		ob, marks, meta := tx.Bucket(bucketOutbox), tx.Bucket(bucketMarks), tx.Bucket(bucketMeta)
 		var seq uint64 = 1
@@ -217,7 +272,7 @@ func (o *outbox) store(in []incoming, now time.Time) ([]receipt, error) {
 func (o *outbox) next(dev string, skip func(seq uint64) bool) (receipt, bool, error) {
 	var rc receipt
 	var found bool
-	err := o.db.View(func(tx *bolt.Tx) error {
+	err := o.view(func(tx *bolt.Tx) error {
 		prefix := append([]byte(dev), 0)
 		c := tx.Bucket(bucketOutbox).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -246,7 +301,7 @@ func (o *outbox) next(dev string, skip func(seq uint64) bool) (receipt, bool, er
 // get returns the receipts that are still in the outbox.
 func (o *outbox) get(refs []ref) ([]receipt, error) {
 	var out []receipt
-	err := o.db.View(func(tx *bolt.Tx) error {
+	err := o.view(func(tx *bolt.Tx) error {
 		ob := tx.Bucket(bucketOutbox)
 		for _, r := range refs {
 			v := ob.Get(outboxKey(r.Device, r.Seq))
@@ -272,7 +327,7 @@ func (o *outbox) get(refs []ref) ([]receipt, error) {
 // still there.
 func (o *outbox) remove(refs []ref) (int, error) {
 	removed := map[string]int{}
-	err := o.db.Update(func(tx *bolt.Tx) error {
+	err := o.update(func(tx *bolt.Tx) error {
 		clear(removed)
 		ob := tx.Bucket(bucketOutbox)
 		for _, r := range refs {
@@ -306,7 +361,7 @@ func (o *outbox) remove(refs []ref) (int, error) {
 // olderThan lists the receipts stored before cutoff.
 func (o *outbox) olderThan(cutoff time.Time) ([]ref, error) {
 	var out []ref
-	err := o.db.View(func(tx *bolt.Tx) error {
+	err := o.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
 			stored, err := decodeStored(v)
 			if err != nil {

@@ -2,6 +2,7 @@ package receipts
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/IBM/sarama"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/twmb/franz-go/pkg/kgo"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgegw/gateway/bridge"
 	"github.com/edgegw/gateway/broker"
@@ -376,6 +378,53 @@ func TestStoreIsIdempotent(t *testing.T) {
 	}
 	rc, ok, err := o.next("d", nil)
 	if err != nil || !ok || string(rc.Payload) != "b" || rc.Offset != 1 {
+		t.Fatalf("next: %+v %v %v", rc, ok, err)
+	}
+}
+
+// A failed write transaction makes the outbox open its file again from
+// disk (bbolt's handle is not trusted after one): what was committed
+// before is all there, the failed write is not, the pending counts agree
+// with the file, and the next writes work.
+func TestOutboxReopensAfterFailedWrite(t *testing.T) {
+	o, err := openOutbox(filepath.Join(t.TempDir(), "receipts.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	st, err := o.store([]incoming{
+		{Device: "d", Topic: "t", Offset: 0, Payload: []byte("a")},
+		{Device: "d", Topic: "t", Offset: 1, Payload: []byte("b")},
+	}, time.Now())
+	if err != nil || len(st) != 2 {
+		t.Fatalf("stored %d, %v", len(st), err)
+	}
+	before := o.db
+	injected := errors.New("injected: write failed")
+	err = o.update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketOutbox).Put(outboxKey("d", 99), []byte("half-written")); err != nil {
+			return err
+		}
+		return injected
+	})
+	if !errors.Is(err, injected) {
+		t.Fatalf("update: %v", err)
+	}
+	if o.db == before {
+		t.Fatal("the handle of a failed write was kept")
+	}
+	if p := o.pendingAll(); p["d"] != 2 {
+		t.Fatalf("pending after the reopen: %v, want d:2", p)
+	}
+	if n, err := o.remove([]ref{{Device: "d", Seq: st[0].Seq}}); err != nil || n != 1 {
+		t.Fatalf("remove after the reopen: %d, %v", n, err)
+	}
+	st2, err := o.store([]incoming{{Device: "d", Topic: "t", Offset: 2, Payload: []byte("c")}}, time.Now())
+	if err != nil || len(st2) != 1 {
+		t.Fatalf("store after the reopen: %d, %v", len(st2), err)
+	}
+	rc, ok, err := o.next("d", nil)
+	if err != nil || !ok || string(rc.Payload) != "b" {
 		t.Fatalf("next: %+v %v %v", rc, ok, err)
 	}
 }
