@@ -156,7 +156,6 @@ type Ref struct {
 
 // Buffer is the durable uplink log. Open one per data directory.
 type Buffer struct {
-	lastRead atomic.Int64 // records the last Read returned (sizes the next one's slice)
 	db   *bolt.DB
 	opts Options
 	log  *slog.Logger
@@ -201,6 +200,7 @@ type Buffer struct {
 	fullUntil   atomic.Int64 // unix ns: refuse appends until then (the disk was full)
 	ctr         counters
 	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
+	lastRead    atomic.Int64  // records the last Read returned (sizes the next one's slice)
 }
 
 // Open opens (or creates) the buffer file and starts its writer.
