@@ -53,16 +53,6 @@ type blockHeader struct {
 // first is the block key), their encodings back to back (record i is
 // recs[i].size bytes), and the commit's dedup entries.
 func encodeBlock(dst []byte, key, clock uint64, routes []string, recs []blockRec, bodies []byte, dedup []dedupEntry) []byte {
-	if dst == nil {
-		n := 32 + len(bodies) + 3*binary.MaxVarintLen32*len(recs)
-		for _, r := range routes {
-			n += binary.MaxVarintLen32 + len(r)
-		}
-		for _, e := range dedup {
-			n += 2*binary.MaxVarintLen32 + 10 + len(e.client)
-		}
-		dst = make([]byte, 0, n)
-	}
 	return append(encodeBlockHeader(dst, key, clock, routes, recs, dedup), bodies...)
 }
 
@@ -161,8 +151,8 @@ func decodeBlockHeader(key uint64, v []byte, withDedup bool) (*blockHeader, erro
 
 // record decodes record i of a block value, copying what it keeps.
 func (h *blockHeader) record(v []byte, i int) (Record, error) {
-	var a arena
-	return h.recordIn(&a, v, i)
+	br := h.recs[i]
+	return h.decodeRecord(append([]byte(nil), v[br.off:br.off+br.size]...), i)
 }
 
 // arena hands out the copies records are decoded from, a chunk at a time:
@@ -186,8 +176,15 @@ func (a *arena) copy(p []byte) []byte {
 // recordIn decodes record i of the block from a copy taken from a.
 func (h *blockHeader) recordIn(a *arena, v []byte, i int) (Record, error) {
 	br := h.recs[i]
+	return h.decodeRecord(a.copy(v[br.off:br.off+br.size]), i)
+}
+
+// decodeRecord decodes record i from own, a copy of its encoding that
+// belongs to the record alone.
+func (h *blockHeader) decodeRecord(own []byte, i int) (Record, error) {
+	br := h.recs[i]
 	var r Record
-	if err := r.unmarshalOwned(a.copy(v[br.off : br.off+br.size])); err != nil {
+	if err := r.unmarshal(own); err != nil {
 		return r, fmt.Errorf("seq %d: %w", br.seq, err)
 	}
 	r.Seq = br.seq

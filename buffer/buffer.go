@@ -625,8 +625,7 @@ func (b *Buffer) commit(batch []*Append) {
 			space += a.Record.size()
 			hdrMax += 3*binary.MaxVarintLen64 + len(a.Record.Route) + 2*binary.MaxVarintLen64 + 10 + len(a.Dedup.ClientID)
 		}
-		block := make([]byte, hdrMax, hdrMax+space)
-		bodies := block
+		bodies := make([]byte, hdrMax, hdrMax+space)
 		bk := tx.Bucket(blocksBucket)
 		for i, a := range batch {
 			rec := &a.Record
@@ -695,7 +694,7 @@ func (b *Buffer) commit(batch []*Append) {
 		header.clock = b.clockMillis()
 		hdr := encodeBlockHeader(nil, seq, header.clock, header.routes, header.recs, newDedup)
 		var value []byte
-		if start := hdrMax - len(hdr); start >= 0 && len(bodies) >= hdrMax {
+		if start := hdrMax - len(hdr); start >= 0 {
 			copy(bodies[start:], hdr)
 			value = bodies[start:]
 		} else { // the bound was wrong: build it again
@@ -761,16 +760,9 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 		}
 		return routes[i] < routes[j]
 	})
-	b.mu.Lock()
-	live := 0
-	for _, st := range b.idx.routes {
-		live += int(st.Messages)
-	}
-	b.mu.Unlock()
 	// Room for about what the last read returned: a drain that keeps up
-	// reads a few records per call although many are live (sent, not yet
-	// acknowledged); a backlog drain reads full batches every time.
-	out := make([]Record, 0, min(maxRecords, live, max(2*int(b.lastRead.Load()), 64)))
+	// reads a few records per call, a backlog drain full batches.
+	out := make([]Record, 0, min(maxRecords, max(2*int(b.lastRead.Load()), 64)))
 	defer func() { b.lastRead.Store(int64(len(out))) }()
 	var copies arena
 	size := 0

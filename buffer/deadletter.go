@@ -144,7 +144,7 @@ func decodeDeadLetter(k, v []byte) (DeadLetterEntry, error) {
 		return DeadLetterEntry{}, fmt.Errorf("%w: dead letter %d: %v", ErrCorruptRecord, id, err)
 	}
 	var r Record
-	if err := r.unmarshal(dv.Record); err != nil {
+	if err := r.unmarshal(dv.Record); err != nil { // dv.Record is json's own copy
 		return DeadLetterEntry{}, fmt.Errorf("dead letter %d: %w", id, err)
 	}
 	r.Seq, r.Route = id, dv.Route

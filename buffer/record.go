@@ -63,23 +63,12 @@ func (r *Record) marshal(dst []byte) []byte {
 	return dst
 }
 
-// unmarshal decodes a value written by marshal. The result copies nothing it
-// does not need to: callers must copy data out of a bbolt transaction first.
-func (r *Record) unmarshal(b []byte) error { return r.decode(b, false) }
-
-// unmarshalOwned is unmarshal of a copy that belongs to the record alone
-// and is never changed: its strings share that copy instead of copying
-// again (the drain reads hundreds of thousands of records a second, and
-// three string copies each were a tenth of its CPU).
-func (r *Record) unmarshalOwned(b []byte) error { return r.decode(b, true) }
-
-func (r *Record) decode(b []byte, owned bool) error {
-	str := func(p []byte) string {
-		if owned {
-			return unsafe.String(unsafe.SliceData(p), len(p))
-		}
-		return string(p)
-	}
+// unmarshal decodes a value written by marshal. The result shares b (its
+// strings too, without a copy: the drain reads hundreds of thousands of
+// records a second, and three string copies each were a tenth of its CPU),
+// so b must be a copy that belongs to the record and is never changed.
+func (r *Record) unmarshal(b []byte) error {
+	str := func(p []byte) string { return unsafe.String(unsafe.SliceData(p), len(p)) }
 	if len(b) < 9 || b[0] != recordVersion {
 		return ErrCorruptRecord
 	}
