@@ -206,6 +206,10 @@ func (br blockRec) budgetSize() int64 { return int64(br.size) + 8 }
 var blockValueKey = []byte{0}
 
 func putBlock(bk *bolt.Bucket, key, v []byte) error {
+	// Keys only ever grow and purges take from the front: a leaf that
+	// splits is never written into again, so fill it before splitting (the
+	// default 50% left half of every leaf empty for good).
+	bk.FillPercent = 1
 	child, err := bk.CreateBucket(key)
 	if err != nil {
 		return err
