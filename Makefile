@@ -63,7 +63,7 @@ deps:
 # minutes on 2 cores. FAULTS_LOGS=dir keeps each scenario's gateway log.
 # `make test` runs the short version.
 faults:
-	FAULTS=full $(GO) test -count=1 -v -timeout 15m -run 'Test(PowerCut|TimedCuts|CompactionCut|DiskFull|FsyncEIO|FsyncEIOReceipts|ReadOnly|SlowStorage|Upgrade)$$' ./faults/
+	FAULTS=full $(GO) test -count=1 -v -timeout 15m -run 'Test(PowerCut|TimedCuts|RepackCut|CompactionCut|DiskFull|FsyncEIO|FsyncEIOReceipts|ReadOnly|SlowStorage|Upgrade)$$' ./faults/
 
 # Not in CI: 500 terminals at 500 msg/s, receipts, Kafka refusing or hanging a
 # minute every five, a power cut every ten, sampled every minute

@@ -179,8 +179,10 @@ type Buffer struct {
 	logged      sync.Map // route/reason already logged
 	quarantined string   // path of a corrupt file moved aside at open, if any
 	janitorDone chan struct{}
-	purgeMu     sync.Mutex // one purge at a time (janitor, Close, Compact)
-	lastPurge   time.Time  // guarded by purgeMu
+	purgeMu     sync.Mutex   // one purge at a time (janitor, Close, Compact)
+	lastPurge   time.Time    // guarded by purgeMu
+	lastRepack  atomic.Int64 // unix ns of the last repack pass
+	repackAfter uint64       // blocks keyed up to it were considered by repacks; guarded by mu
 
 	epoch string // gw.epoch: names this buffer file's life; see Epoch
 
@@ -709,8 +711,8 @@ func (b *Buffer) commit(batch []*Append) {
 		}
 		return nil
 	})
-	b.dbMu.RUnlock()
 	if err != nil {
+		b.dbMu.RUnlock()
 		err = fmt.Errorf("buffer: commit: %w", err)
 		b.log.Error("buffer commit failed; publishes in this batch are not acknowledged", "messages", len(batch), "error", err)
 		for _, a := range batch {
@@ -728,11 +730,14 @@ func (b *Buffer) commit(batch []*Append) {
 		b.nextSeq = seq + uint64(len(seqs))
 		b.idx.addBlock(seq, header)
 	}
+	// the evictions name blocks by key and position: applied before a
+	// repack (which holds dbMu exclusively) can merge them
 	b.applyEvictions(ch)
 	for _, e := range newDedup {
 		b.dedup.add(e)
 	}
 	b.mu.Unlock()
+	b.dbMu.RUnlock()
 	b.logDrops(ch)
 	if b.opts.AfterCommit != nil && len(seqs) > 0 {
 		b.opts.AfterCommit(seqs)
@@ -896,13 +901,17 @@ func (b *Buffer) Delete(refs []Ref) error {
 
 // removeRefs removes records by reference, counting reason when not "".
 func (b *Buffer) removeRefs(refs []Ref, reason string) (int, error) {
-	// group by block, found under the lock, decoded outside it
+	// group by block, found under the lock, decoded outside it; dbMu is
+	// held throughout, as blocks are named by key and position (a repack
+	// changes both, holding it exclusively)
 	type want struct {
 		key  uint64
 		refs []Ref
 	}
 	byBlock := map[uint64]*want{}
 	var order []*want
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
 	b.mu.Lock()
 	for _, r := range refs {
 		i := b.idx.from(r.Seq)
@@ -926,7 +935,6 @@ func (b *Buffer) removeRefs(refs []Ref, reason string) (int, error) {
 		size  int64
 	}
 	var hits []hit
-	b.dbMu.RLock()
 	err := b.db.View(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(blocksBucket)
 		for _, w := range order {
@@ -947,7 +955,6 @@ func (b *Buffer) removeRefs(refs []Ref, reason string) (int, error) {
 		}
 		return nil
 	})
-	b.dbMu.RUnlock()
 	if err != nil {
 		return 0, err
 	}

@@ -1,6 +1,9 @@
 package buffer
 
-import "sort"
+import (
+	"fmt"
+	"sort"
+)
 
 // The in-memory index of the blocks file, rebuilt at open from each block's
 // header (its first page only). It is what lets a commit write one value and
@@ -215,4 +218,30 @@ func (x *index) dropBlocks(keys []uint64) {
 	if cap(x.blocks) > 1024 && len(x.blocks) < cap(x.blocks)/4 {
 		x.blocks = append([]blockInfo(nil), x.blocks...)
 	}
+}
+
+// replace puts one block, as a repack wrote it (h: the live records of the
+// adjacent blocks keys, ascending, under the first key), in their place. The
+// routes' counts do not change: the records were live before and still are.
+func (x *index) replace(keys []uint64, h *blockHeader) {
+	i := x.find(keys[0])
+	if i < 0 || i+len(keys) > len(x.blocks) {
+		panic(fmt.Sprintf("buffer: index: repacked blocks from %d not found", keys[0]))
+	}
+	for j, k := range keys {
+		ob := &x.blocks[i+j]
+		if ob.key != k {
+			panic(fmt.Sprintf("buffer: index: repacked block %d is not adjacent", k))
+		}
+		if ob.live == 0 {
+			x.dead--
+		}
+		delete(x.rmHigh, k)
+	}
+	nb := blockInfo{key: h.key, n: uint32(len(h.recs)), live: uint32(len(h.recs))}
+	for _, name := range h.routes {
+		nb.mask |= x.route(name).bit()
+	}
+	x.blocks[i] = nb
+	x.blocks = append(x.blocks[:i+1], x.blocks[i+len(keys):]...)
 }

@@ -11,6 +11,8 @@ type counters struct {
 	commits atomic.Uint64 // group commits that stored records
 	records atomic.Uint64 // records stored by them
 	purges  atomic.Uint64 // purge commits
+	// repacked: small blocks merged away by repacks
+	repacked atomic.Uint64
 }
 
 // Counters is a snapshot of the buffer's write activity since open.
@@ -18,6 +20,7 @@ type Counters struct {
 	Commits    uint64 // group commits that stored records
 	Records    uint64 // records they stored
 	Purges     uint64 // purge commits (deleting delivered blocks)
+	Repacked   uint64 // small blocks merged into larger ones (see repack.go)
 	NodeWrites uint64 // bbolt node writes (a node is one or more pages), meta pages included
 }
 
@@ -28,6 +31,7 @@ func (b *Buffer) Counters() Counters {
 	b.dbMu.RUnlock()
 	return Counters{
 		Commits: b.ctr.commits.Load(), Records: b.ctr.records.Load(), Purges: b.ctr.purges.Load(),
+		Repacked:   b.ctr.repacked.Load(),
 		NodeWrites: uint64(st.TxStats.GetWrite()) + b.pagesBefore.Load(),
 	}
 }
@@ -39,6 +43,8 @@ var (
 		"Publishes stored by group commits; divided by commits: records per fsync.", nil, nil)
 	descPurges = prometheus.NewDesc("gateway_buffer_purges_total",
 		"Purge commits that deleted delivered blocks from the buffer file.", nil, nil)
+	descRepacked = prometheus.NewDesc("gateway_buffer_repacked_blocks_total",
+		"Small blocks of a waiting backlog merged into larger ones, so the backlog takes about its own size on disk.", nil, nil)
 	descWritten = prometheus.NewDesc("gateway_buffer_node_writes_total",
 		"Writes of B-tree nodes (one or more pages each) and meta pages to the buffer file; per commit, the pages a commit touches.", nil, nil)
 )
@@ -52,6 +58,7 @@ func (c bufferCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCommits
 	ch <- descRecords
 	ch <- descPurges
+	ch <- descRepacked
 	ch <- descWritten
 }
 
@@ -60,5 +67,6 @@ func (c bufferCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(n.Commits))
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.CounterValue, float64(n.Records))
 	ch <- prometheus.MustNewConstMetric(descPurges, prometheus.CounterValue, float64(n.Purges))
+	ch <- prometheus.MustNewConstMetric(descRepacked, prometheus.CounterValue, float64(n.Repacked))
 	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(n.NodeWrites))
 }

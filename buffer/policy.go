@@ -361,6 +361,12 @@ func (b *Buffer) janitor() {
 		if err := b.purge(false); err != nil {
 			b.log.Error("buffer: purging delivered blocks failed; will retry", "error", err)
 		}
+		if b.repackDue() {
+			b.lastRepack.Store(time.Now().UnixNano())
+			if _, err := b.repack(); err != nil {
+				b.log.Error("buffer: repacking small blocks failed; will retry", "error", err)
+			}
+		}
 		if b.shouldCompact() {
 			if err := b.purge(true); err != nil {
 				b.log.Error("buffer: purging delivered blocks failed; will retry", "error", err)

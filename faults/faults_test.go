@@ -152,6 +152,41 @@ func TestTimedCuts(t *testing.T) {
 	}
 }
 
+// A power cut inside the commit that repacks a waiting backlog's small
+// blocks (it runs once a backlog has waited ~20 s, so Kafka refuses first):
+// the file holds either the small blocks or the merged one, and everything
+// acknowledged reaches Kafka once the link returns.
+func TestRepackCut(t *testing.T) {
+	r := newRig(t, testkit.WithProxy())
+	r.kafka.SetMode(t, testkit.Refuse)
+	r.gw.start()
+	pubs := startPublishers(t, r.gw.mqttAddr, "rp", 20, 50*time.Millisecond) // 400 msg/s: small commits
+	runs := pick(1, 3)
+	var worst time.Duration
+	fired := 0
+	for i := 0; i < runs; i++ {
+		pubs.waitMore(50, 60*time.Second)
+		r.gw.kill()
+		r.gw.launch(fmt.Sprintf("GATEWAY_FAILPOINT=%s@1", failpoint.BufferRepack))
+		if r.gw.waitExit(90 * time.Second) {
+			fired++
+		}
+		r.powerCut(lossyfs.Mode(i % 3))
+		worst = max(worst, r.gw.start())
+	}
+	pubs.waitMore(100, 60*time.Second)
+	r.kafka.SetMode(t, testkit.Pass)
+	pubs.halt()
+	acked := pubs.ackedSet()
+	lost, dups := verifyUplink(t, r.kafka.Addrs, acked, pick(60*time.Second, 120*time.Second))
+	note := fmt.Sprintf("fired %d/%d; failpoint SIGKILLs logged %d", fired, runs,
+		strings.Count(r.gw.logs.String(), "failpoint "+failpoint.BufferRepack+": SIGKILL"))
+	report(t, row{Fault: "cut at " + failpoint.BufferRepack, Runs: runs, Acked: int64(len(acked)), Lost: lost, Dups: dups, Recover: worst, Note: note})
+	if fired == 0 {
+		t.Errorf("the cut never fired: the scenario proved nothing")
+	}
+}
+
 // describe is what the gateway showed while a fault lasted: readiness,
 // whether it still runs, and its log lines about the fault.
 func describe(g *gateway, subs ...string) string {

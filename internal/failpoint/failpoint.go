@@ -18,6 +18,9 @@ const (
 	// BufferCompactSwap: compaction wrote and synced the new file and closed
 	// the old one; the rename has not happened.
 	BufferCompactSwap = "buffer.compact.swap"
+	// BufferRepack: inside the commit that merges small blocks into one,
+	// before it is written or synced.
+	BufferRepack = "buffer.repack"
 	// ReceiptsOutboxWrite: inside the receipts outbox transaction that stores
 	// consumed receipts, before it commits.
 	ReceiptsOutboxWrite = "receipts.outbox.write"
