@@ -362,7 +362,7 @@ func (b *Buffer) janitor() {
 			b.log.Error("buffer: purging delivered blocks failed; will retry", "error", err)
 		}
 		if b.repackDue() {
-			b.lastRepack.Store(time.Now().UnixNano())
+			b.lastRepack.Store(time.Now().UnixNano()) // repack sets 0 when more waits
 			if _, err := b.repack(); err != nil {
 				b.log.Error("buffer: repacking small blocks failed; will retry", "error", err)
 			}

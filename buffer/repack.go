@@ -39,8 +39,10 @@ const (
 	repackWindow = 10_000
 	// repackMinAge: a window is repacked once it ended this long ago.
 	repackMinAge = 10_000
-	// repackMaxPass bounds one pass (the commit holds ingest meanwhile).
-	repackMaxPass = 2 << 20
+	// repackMaxPass bounds one pass (the commit holds ingest meanwhile); a
+	// pass that reaches it is followed by another at the janitor's next tick.
+	repackMaxPass   = 1 << 20
+	repackMaxBlocks = 16384
 )
 
 // repack merges the small blocks of windows old enough, in one commit. It
@@ -73,7 +75,7 @@ func (b *Buffer) repack() (int, error) {
 	// were delivered or dropped; a crash cannot bring them back, which is
 	// what the next purge would have done too).
 	var cands []blockRemoved
-	for i := b.idx.from(b.repackAfter); i < len(b.idx.blocks) && len(cands) < 16384; i++ {
+	for i := b.idx.from(b.repackAfter); i < len(b.idx.blocks) && len(cands) < repackMaxBlocks; i++ {
 		if b.repackAfter != 0 && b.idx.blocks[i].key <= b.repackAfter {
 			continue
 		}
@@ -90,11 +92,12 @@ func (b *Buffer) repack() (int, error) {
 	}
 	var runs []run
 	var through uint64 // every block up to it has been considered
+	var total int      // bytes of the blocks considered
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		runs, through = runs[:0], 0
+		runs, through, total = runs[:0], 0, 0
 		bk := tx.Bucket(blocksBucket)
 		var m merger
-		curWindow, total := uint64(0), 0
+		curWindow := uint64(0)
 		flush := func() {
 			if len(m.keys) >= 2 && len(m.recs) > 0 {
 				h, v := m.block()
@@ -166,6 +169,9 @@ func (b *Buffer) repack() (int, error) {
 		b.repackAfter = through
 	}
 	b.mu.Unlock()
+	if total >= repackMaxPass || (len(cands) == repackMaxBlocks && through == cands[len(cands)-1].key) {
+		b.lastRepack.Store(0) // more is waiting: go on at the next tick
+	}
 	if removed > 0 {
 		b.ctr.repacked.Add(uint64(removed))
 		b.log.Debug("buffer: repacked small blocks", "removed", removed, "merged_into", len(runs))
