@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -179,10 +180,14 @@ type Buffer struct {
 	logged      sync.Map // route/reason already logged
 	quarantined string   // path of a corrupt file moved aside at open, if any
 	janitorDone chan struct{}
-	purgeMu     sync.Mutex   // one purge at a time (janitor, Close, Compact)
-	lastPurge   time.Time    // guarded by purgeMu
-	lastRepack  atomic.Int64 // unix ns of the last repack pass
-	repackAfter uint64       // blocks keyed up to it were considered by repacks; guarded by mu
+	purgeMu     sync.Mutex    // one purge at a time (janitor, Close, Compact)
+	lastPurge   time.Time     // guarded by purgeMu
+	lastRepack  atomic.Int64  // unix ns of the last repack pass
+	repackAfter uint64        // blocks keyed up to it were considered by repacks; guarded by mu
+	removedN    atomic.Uint64 // records removed (delivered, dropped) since open
+	// the removal count and time at the last repack pass; guarded by purgeMu
+	repackRateN  uint64
+	repackRateAt time.Time
 
 	epoch string // gw.epoch: names this buffer file's life; see Epoch
 
@@ -202,7 +207,6 @@ type Buffer struct {
 	fullUntil   atomic.Int64 // unix ns: refuse appends until then (the disk was full)
 	ctr         counters
 	pagesBefore atomic.Uint64 // pages written by files this buffer compacted away
-	lastRead    atomic.Int64  // records the last Read returned (sizes the next one's slice)
 }
 
 // Open opens (or creates) the buffer file and starts its writer.
@@ -753,6 +757,8 @@ func (b *Buffer) commit(batch []*Append) {
 	}
 }
 
+var readScratch = sync.Pool{New: func() any { return new([]Record) }}
+
 // Read returns up to maxRecords records totalling about maxBytes, strictly by
 // route priority (lower first, then name) and FIFO within a route, starting
 // after after[route] for each route. Records hold their own copies of data.
@@ -765,10 +771,19 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 		}
 		return routes[i] < routes[j]
 	})
-	// Room for about what the last read returned: a drain that keeps up
-	// reads a few records per call, a backlog drain full batches.
-	out := make([]Record, 0, min(maxRecords, max(2*int(b.lastRead.Load()), 64)))
-	defer func() { b.lastRead.Store(int64(len(out))) }()
+	// Gathered in a reused slice, returned as an exact copy: how many a
+	// read finds is not known before (a drain that keeps up reads a few, a
+	// backlog drain full batches), and growing or guessing the result
+	// allocated about three times what it returned.
+	scratch := readScratch.Get().(*[]Record)
+	out := (*scratch)[:0]
+	defer func() {
+		clear(out) // the pool keeps no record alive
+		if cap(out) <= 8192 {
+			*scratch = out[:0]
+			readScratch.Put(scratch)
+		}
+	}()
 	var copies arena
 	size := 0
 	limits, now := b.limits.Load(), b.clockMillis()
@@ -792,13 +807,13 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 			return true, nil
 		})
 		if err != nil {
-			return out, fmt.Errorf("buffer: read: %w", err)
+			return slices.Clone(out), fmt.Errorf("buffer: read: %w", err)
 		}
 		if len(out) >= maxRecords || size >= maxBytes {
 			break
 		}
 	}
-	return out, nil
+	return append(make([]Record, 0, len(out)), out...), nil
 }
 
 // scanRoute calls fn for the live records of route with a seq above after,
@@ -968,6 +983,7 @@ func (b *Buffer) removeRefs(refs []Ref, reason string) (int, error) {
 		}
 		if b.idx.remove(i, h.pos, b.idx.route(h.route), h.size) {
 			n++
+			b.removedN.Add(1)
 			if reason != "" {
 				ch.remove(h.route, reason, 1, h.size)
 			}
