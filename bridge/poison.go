@@ -248,6 +248,7 @@ func (s *session) screen(recs []buffer.Record) ([]buffer.Record, []*sarama.Produ
 	b := s.b
 	limit := int(b.maxMessageBytes())
 	msgs := make([]*sarama.ProducerMessage, 0, len(recs))
+	sl := newSlab(len(recs))
 	var out []buffer.Record // nil while every record so far is kept
 	keep := func(i int, m *sarama.ProducerMessage) {
 		if out != nil {
@@ -276,7 +277,7 @@ func (s *session) screen(recs []buffer.Record) ([]buffer.Record, []*sarama.Produ
 			drop(i)
 			continue
 		}
-		m := b.message(r)
+		m := b.messageIn(sl, r)
 		if n := m.ByteSize(2); n > limit {
 			large = append(large, *r)
 			drop(i)
