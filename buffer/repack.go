@@ -43,6 +43,11 @@ const (
 	// pass that reaches it is followed by another at the janitor's next tick.
 	repackMaxPass   = 1 << 20
 	repackMaxBlocks = 16384
+	// repackHorizon: records the drain will reach within this long (at the
+	// rate records left the buffer since the last pass) are not repacked:
+	// after an outage the backlog drains in seconds, and rewriting it first
+	// would only wear the flash.
+	repackHorizon = time.Minute
 )
 
 // repack merges the small blocks of windows old enough, in one commit. It
@@ -50,6 +55,13 @@ const (
 func (b *Buffer) repack() (int, error) {
 	b.purgeMu.Lock()
 	defer b.purgeMu.Unlock()
+	// how many records leave per second, since the last pass
+	left, at := b.removedN.Load(), time.Now()
+	var horizon float64
+	if !b.repackRateAt.IsZero() && at.After(b.repackRateAt) {
+		horizon = float64(left-b.repackRateN) / at.Sub(b.repackRateAt).Seconds() * repackHorizon.Seconds()
+	}
+	b.repackRateN, b.repackRateAt = left, at
 	now := b.clockMillis()
 	if now < repackMinAge+repackWindow {
 		return 0, nil
@@ -75,8 +87,11 @@ func (b *Buffer) repack() (int, error) {
 	// were delivered or dropped; a crash cannot bring them back, which is
 	// what the next purge would have done too).
 	var cands []blockRemoved
-	for i := b.idx.from(b.repackAfter); i < len(b.idx.blocks) && len(cands) < repackMaxBlocks; i++ {
-		if b.repackAfter != 0 && b.idx.blocks[i].key <= b.repackAfter {
+	ahead := 0.0 // live records before block i: the drain reaches i after them
+	for i := 0; i < len(b.idx.blocks) && len(cands) < repackMaxBlocks; i++ {
+		bi := &b.idx.blocks[i]
+		if ahead < horizon || (b.repackAfter != 0 && bi.key <= b.repackAfter) {
+			ahead += float64(bi.live)
 			continue
 		}
 		cands = append(cands, b.idx.snapshot(i))
@@ -152,8 +167,7 @@ func (b *Buffer) repack() (int, error) {
 		}
 		return nil
 	})
-	unlockErr := err
-	if unlockErr != nil {
+	if err != nil {
 		unlock()
 		err = fmt.Errorf("buffer: repack: %w", err)
 		b.afterWriteFailure(err)

@@ -328,3 +328,36 @@ func TestRepackWhileIngestAndDrainRun(t *testing.T) {
 		t.Fatal("no repack happened: the test proved nothing")
 	}
 }
+
+// Right after an outage the drain takes the backlog in seconds: what it will
+// reach within repackHorizon is not rewritten first. Once nothing leaves
+// (the link is down again), the rest is repacked.
+func TestRepackLeavesWhatTheDrainIsAboutToTake(t *testing.T) {
+	var clk fakeClock
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{JanitorInterval: time.Hour, PurgeInterval: time.Hour, Elapsed: clk.elapsed})
+	if _, err := b.repack(); err != nil { // the first pass: no rate known yet
+		t.Fatal(err)
+	}
+	var refs []Ref
+	for i := 0; i < 1000; i++ {
+		res, err := b.AppendWait(rec("tele", "c", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < 400 {
+			refs = append(refs, Ref{Route: "tele", Seq: res.Seq})
+		}
+		clk.advance(30 * time.Millisecond)
+	}
+	clk.advance(30 * time.Second)
+	if err := b.Delete(refs); err != nil { // the drain is taking hundreds a second
+		t.Fatal(err)
+	}
+	if n, err := b.repack(); err != nil || n != 0 {
+		t.Fatalf("while the drain runs the repack merged %d blocks (%v): they were about to be delivered", n, err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if n, err := b.repack(); err != nil || n < 500 {
+		t.Fatalf("once nothing left, the repack merged %d blocks (%v), want the waiting ones", n, err)
+	}
+}
