@@ -361,3 +361,47 @@ func TestRepackLeavesWhatTheDrainIsAboutToTake(t *testing.T) {
 		t.Fatalf("once nothing left, the repack merged %d blocks (%v), want the waiting ones", n, err)
 	}
 }
+
+// What a waiting backlog of 200-byte telemetry takes on disk, per message,
+// against what it counts in the budget: before the repack and after. Fails
+// when a repacked backlog takes more than 1.25 times its budget.
+func TestBacklogFootprint(t *testing.T) {
+	for _, perCommit := range []int{1, 8} {
+		var clk fakeClock
+		b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{JanitorInterval: time.Hour, PurgeInterval: time.Hour, Elapsed: clk.elapsed})
+		const n = 2400
+		for i := 0; i < n; i += perCommit {
+			var wg sync.WaitGroup
+			for j := i; j < i+perCommit; j++ {
+				id := fmt.Sprintf("term-%04d", j%500)
+				wg.Add(1)
+				err := b.Append(&Append{Record: Record{Route: "telemetry", Received: time.Now(), KafkaTopic: "telemetry", Key: []byte(id),
+					MQTTTopic: "terminals/" + id + "/telemetry", ClientID: id, Payload: make([]byte, 200)},
+					Dedup: DedupKey{ClientID: id, PacketID: uint16(j + 1)}, Done: func(Result) { wg.Done() }})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			wg.Wait()
+			clk.advance(50 * time.Millisecond)
+		}
+		_, budget := b.Total()
+		before := blockPages(t, b) * pageSize
+		clk.advance(30 * time.Second)
+		for {
+			k, err := b.repack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k == 0 {
+				break
+			}
+		}
+		after := blockPages(t, b) * pageSize
+		t.Logf("%d per commit: %d B/msg in the budget; on disk %d B/msg (%.2fx) before the repack, %d B/msg (%.2fx) after",
+			perCommit, budget/n, before/n, float64(before)/float64(budget), after/n, float64(after)/float64(budget))
+		if float64(after) > 1.25*float64(budget) {
+			t.Errorf("%d per commit: a repacked backlog takes %.2f times its budget on disk", perCommit, float64(after)/float64(budget))
+		}
+	}
+}
