@@ -53,9 +53,9 @@ type inflight struct {
 	qos    byte
 	pk     *packets.Packet // only for a publish mochi must see again (see needsMochi)
 	route  string
-	result chan buffer.Result // filled once by the buffer (or at once for local/refused)
-	code   packets.Code       // set: refuse with this code, nothing was stored
-	app    buffer.Append      // what was handed to the buffer (one allocation with the rest)
+	result chan buffer.Result  // filled once by the buffer (or at once for local/refused)
+	code   packets.Code        // set: refuse with this code, nothing was stored
+	app    buffer.Append       // what was handed to the buffer (one allocation with the rest)
 	done   func(buffer.Result) // fills result; made once per inflight, which is reused
 }
 
