@@ -6,7 +6,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -396,34 +395,17 @@ func TestSlowStorage(t *testing.T) {
 	// 3. a reconnect storm while the paced clients publish
 	paced2 := startPublishers(t, r.gw.mqttAddr, "slow2", clients, time.Duration(clients)*5*time.Millisecond)
 	paced2.waitMore(int64(clients), 30*time.Second)
-	storm := pick(200, 1000)
-	var wg sync.WaitGroup
-	var connected atomic.Int64
-	gate := make(chan struct{})
-	for i := 0; i < storm; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			<-gate
-			if c, err := dial5(r.gw.mqttAddr, fmt.Sprintf("storm-%d", i), false, nil); err == nil {
-				connected.Add(1)
-				c.Disconnect(nilDisconnect())
-			}
-		}(i)
-	}
+	stormN := pick(200, 1000)
 	paced2.latencies()
 	before := paced2.n.Load()
-	t0 := time.Now()
-	close(gate)
-	wg.Wait()
-	stormTook := time.Since(t0)
+	connected, stormTook := storm(t, r.gw.mqttAddr, stormN)
 	during := paced2.n.Load() - before
 	time.Sleep(2 * time.Second) // publishes started during the storm complete (not a synchronisation)
 	lat = paced2.latencies()
 	paced2.halt()
 	report(t, row{Fault: "slow fsync: reconnect storm", Runs: 1, Acked: int64(len(lat)),
 		Note: fmt.Sprintf("%d persistent sessions connect at once (%d ok, %v, %d paced PUBACKs meanwhile); paced PUBACKs in the storm and 2s after: p50 %v p99 %v max %v",
-			storm, connected.Load(), stormTook.Round(time.Millisecond), during, percentile(lat, .5).Round(time.Millisecond),
+			stormN, connected, stormTook.Round(time.Millisecond), during, percentile(lat, .5).Round(time.Millisecond),
 			percentile(lat, .99).Round(time.Millisecond), percentile(lat, 1).Round(time.Millisecond))})
 
 	acked := paced.ackedSet()

@@ -33,6 +33,9 @@ var gatewayBin string
 var full = os.Getenv("FAULTS") == "full"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(stormAddrEnv) != "" {
+		os.Exit(stormChild())
+	}
 	dir, err := os.MkdirTemp("", "gateway-faults-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -821,3 +824,55 @@ func (rc *receipts) verify(d time.Duration) (produced, missing, dups int64) {
 }
 
 func nilDisconnect() *paho.Disconnect { return &paho.Disconnect{} }
+
+// A reconnect storm is dialled from a child process (this test binary run
+// again with stormAddrEnv set), as terminals are other machines: dialled
+// from the test process, its thousand paho clients starved that process's
+// own paced publishers, which measured the test, not the gateway.
+const stormAddrEnv, stormCountEnv = "FAULTS_STORM_ADDR", "FAULTS_STORM_N"
+
+// stormChild connects the storm's persistent sessions at once, prints how
+// many connected and how long it took, and disconnects them.
+func stormChild() int {
+	n, _ := strconv.Atoi(os.Getenv(stormCountEnv))
+	addr := os.Getenv(stormAddrEnv)
+	var wg sync.WaitGroup
+	var connected atomic.Int64
+	clients := make([]*paho.Client, n)
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if c, err := dial5(addr, fmt.Sprintf("storm-%d", i), false, nil); err == nil {
+				connected.Add(1)
+				clients[i] = c
+			}
+		}(i)
+	}
+	wg.Wait()
+	fmt.Printf("%d %d\n", connected.Load(), time.Since(t0).Nanoseconds())
+	for _, c := range clients {
+		if c != nil {
+			_ = c.Disconnect(nilDisconnect())
+		}
+	}
+	return 0
+}
+
+// storm runs a storm of n persistent sessions against addr from a child
+// process; it returns how many connected and how long that took.
+func storm(t *testing.T, addr string, n int) (int64, time.Duration) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), stormAddrEnv+"="+addr, fmt.Sprintf("%s=%d", stormCountEnv, n))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("storm child: %v", err)
+	}
+	var ok, ns int64
+	if _, err := fmt.Sscan(string(out), &ok, &ns); err != nil {
+		t.Fatalf("storm child printed %q: %v", out, err)
+	}
+	return ok, time.Duration(ns)
+}
