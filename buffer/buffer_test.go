@@ -363,8 +363,8 @@ func TestDedupLogPruneAndReload(t *testing.T) {
 	if blocks != 0 {
 		t.Fatalf("%d delivered blocks left after purge", blocks)
 	}
-	if onDisk < 200 || onDisk > 2*200+100 {
-		t.Fatalf("%d entries on disk after pruning, want about 200..500", onDisk)
+	if onDisk < 200 || onDisk > 250+100 {
+		t.Fatalf("%d entries on disk after pruning, want about 200..350", onDisk)
 	}
 	b.Close()
 	b = open(t, path, Options{})
