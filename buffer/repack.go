@@ -87,10 +87,15 @@ func (b *Buffer) repack() (int, error) {
 	// were delivered or dropped; a crash cannot bring them back, which is
 	// what the next purge would have done too).
 	var cands []blockRemoved
-	ahead := 0.0 // live records before block i: the drain reaches i after them
+	ahead := 0.0            // live records before block i: the drain reaches i after them
+	var firstSkipped uint64 // the first block left for the drain not yet considered
 	for i := 0; i < len(b.idx.blocks) && len(cands) < repackMaxBlocks; i++ {
 		bi := &b.idx.blocks[i]
-		if ahead < horizon || (b.repackAfter != 0 && bi.key <= b.repackAfter) {
+		considered := b.repackAfter != 0 && bi.key <= b.repackAfter
+		if ahead < horizon || considered {
+			if !considered && firstSkipped == 0 && bi.live > 0 {
+				firstSkipped = bi.key
+			}
 			ahead += float64(bi.live)
 			continue
 		}
@@ -181,6 +186,11 @@ func (b *Buffer) repack() (int, error) {
 	}
 	if through > b.repackAfter {
 		b.repackAfter = through
+	}
+	if firstSkipped != 0 && b.repackAfter >= firstSkipped {
+		// what the drain was expected to take is considered again next
+		// time: the link may drop before it does
+		b.repackAfter = firstSkipped - 1
 	}
 	b.mu.Unlock()
 	if total >= repackMaxPass || (len(cands) == repackMaxBlocks && through == cands[len(cands)-1].key) {

@@ -405,3 +405,59 @@ func TestBacklogFootprint(t *testing.T) {
 		}
 	}
 }
+
+// Blocks left for a drain that then stops (the link dropped again) are
+// repacked by a later pass, even when blocks behind them were repacked.
+func TestRepackReturnsToWhatTheDrainLeft(t *testing.T) {
+	var clk fakeClock
+	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{JanitorInterval: time.Hour, PurgeInterval: time.Hour, Elapsed: clk.elapsed})
+	if _, err := b.repack(); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for i := 0; i < 1000; i++ {
+		res, err := b.AppendWait(rec("tele", "c", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, res.Seq)
+		clk.advance(30 * time.Millisecond)
+	}
+	clk.advance(30 * time.Second)
+	// a trickle: a few records a second leave, so the horizon covers some
+	// of the backlog, not all of it
+	var refs []Ref
+	for _, s := range seqs[:3] {
+		refs = append(refs, Ref{Route: "tele", Seq: s})
+	}
+	if err := b.Delete(refs); err != nil {
+		t.Fatal(err)
+	}
+	first, err := b.repack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the link is gone: nothing leaves any more
+	time.Sleep(10 * time.Millisecond)
+	for {
+		n, err := b.repack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	b.mu.Lock()
+	small := 0
+	for _, bi := range b.idx.blocks {
+		if bi.live > 0 && bi.n == 1 {
+			small++
+		}
+	}
+	b.mu.Unlock()
+	t.Logf("first pass merged %d blocks; one-record blocks left at the end: %d", first, small)
+	if small > 2 {
+		t.Fatalf("%d one-record blocks were never repacked", small)
+	}
+}
