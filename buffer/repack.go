@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -49,6 +50,8 @@ const (
 	// would only wear the flash.
 	repackHorizon = time.Minute
 )
+
+var errNothingToRepack = errors.New("buffer: nothing to repack")
 
 // repack merges the small blocks of windows old enough, in one commit. It
 // reports how many blocks it removed. The janitor calls it with the purges.
@@ -167,11 +170,15 @@ func (b *Buffer) repack() (int, error) {
 		if m.err != nil {
 			return m.err
 		}
-		if len(runs) > 0 {
-			failpoint.Hit(failpoint.BufferRepack) // inside the commit, before its fsync
+		if len(runs) == 0 {
+			return errNothingToRepack // roll back: an empty commit still writes the meta page
 		}
+		failpoint.Hit(failpoint.BufferRepack) // inside the commit, before its fsync
 		return nil
 	})
+	if errors.Is(err, errNothingToRepack) {
+		err = nil
+	}
 	if err != nil {
 		unlock()
 		err = fmt.Errorf("buffer: repack: %w", err)
