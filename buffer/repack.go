@@ -121,28 +121,30 @@ func (b *Buffer) repack() (int, error) {
 		bk := tx.Bucket(blocksBucket)
 		var m merger
 		curWindow := uint64(0)
-		flush := func() {
-			if len(m.keys) >= 2 && len(m.recs) > 0 {
-				h, v := m.block()
-				runs = append(runs, run{keys: m.keys, h: h})
-				for _, k := range m.keys {
-					if err := deleteBlock(bk, seqKey(k)); err != nil {
-						m.err = err
-					}
-				}
-				if m.err == nil {
-					m.err = putBlock(bk, seqKey(h.key), v)
+		// flush writes the gathered run as one block, if it merges anything
+		flush := func() error {
+			defer func() { m = merger{} }()
+			if len(m.keys) < 2 || len(m.recs) == 0 {
+				return nil
+			}
+			h, v := m.block()
+			runs = append(runs, run{keys: m.keys, h: h})
+			for _, k := range m.keys {
+				if err := deleteBlock(bk, seqKey(k)); err != nil {
+					return err
 				}
 			}
-			m.reset()
+			return putBlock(bk, seqKey(h.key), v)
 		}
 		for _, c := range cands {
-			if total >= repackMaxPass || m.err != nil {
+			if total >= repackMaxPass {
 				break
 			}
 			v := getBlock(bk, seqKey(c.key))
-			if v == nil {
-				flush() // purged meanwhile: runs must stay adjacent
+			if v == nil { // not expected (purges wait on purgeMu): keep runs adjacent
+				if err := flush(); err != nil {
+					return err
+				}
 				continue
 			}
 			h, err := decodeBlockHeader(c.key, v, true)
@@ -154,11 +156,15 @@ func (b *Buffer) repack() (int, error) {
 			}
 			through = c.key
 			if len(v) >= repackSmall && c.live > 0 {
-				flush()
+				if err := flush(); err != nil {
+					return err
+				}
 				continue
 			}
 			if w := h.clock / repackWindow; len(m.keys) > 0 && (w != curWindow || m.size+len(v) > repackMaxBlock) {
-				flush()
+				if err := flush(); err != nil {
+					return err
+				}
 			}
 			if len(m.keys) == 0 {
 				curWindow = h.clock / repackWindow
@@ -166,9 +172,8 @@ func (b *Buffer) repack() (int, error) {
 			m.add(h, v, &c)
 			total += len(v)
 		}
-		flush()
-		if m.err != nil {
-			return m.err
+		if err := flush(); err != nil {
+			return err
 		}
 		if len(runs) == 0 {
 			return errNothingToRepack // roll back: an empty commit still writes the meta page
@@ -222,12 +227,6 @@ type merger struct {
 	dedup    []dedupEntry
 	clock    uint64
 	size     int // bytes of the member blocks
-	err      error
-}
-
-func (m *merger) reset() {
-	err := m.err
-	*m = merger{err: err}
 }
 
 func (m *merger) add(h *blockHeader, v []byte, rm *blockRemoved) {
