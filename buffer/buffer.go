@@ -27,7 +27,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/edgegw/gateway/internal/failpoint"
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/edgegw/gateway/internal/boltfile"
@@ -202,6 +201,16 @@ type Buffer struct {
 
 	notify chan struct{}
 
+	// the journal (journal.go): the writer's files, the blocks not yet in
+	// the bbolt file, and the highest key up to which every block is there
+	jnl        *journal
+	rewind     journalMark // where a journal write failed; the writer sets it, a reopen uses it (both under dbMu)
+	pending    pendingBlocks
+	appliedKey atomic.Uint64
+	ckptReq    chan ckptRequest
+	ckptForce  chan chan ckptState // Checkpoint asks the writer
+	ckptDone   chan struct{}
+
 	clockBase atomic.Uint64 // buffer clock (ms) at open; see clock.go
 
 	fullUntil   atomic.Int64 // unix ns: refuse appends until then (the disk was full)
@@ -252,6 +261,9 @@ func Open(opts Options) (*Buffer, error) {
 		done:        make(chan struct{}),
 		janitorDone: make(chan struct{}),
 		notify:      make(chan struct{}, 1),
+		ckptReq:     make(chan ckptRequest, 1),
+		ckptForce:   make(chan chan ckptState),
+		ckptDone:    make(chan struct{}),
 	}
 	b.SetLimits(opts.Limits)
 	b.SetCommitWait(opts.CommitWait, opts.CommitMinRecords)
@@ -275,6 +287,7 @@ func Open(opts Options) (*Buffer, error) {
 	}
 	go b.writer()
 	go b.janitor()
+	go b.checkpointer()
 	return b, nil
 }
 
@@ -370,8 +383,13 @@ func (b *Buffer) load() error {
 			return fmt.Errorf("buffer: %w", err)
 		}
 	}
-	return b.db.View(func(tx *bolt.Tx) error {
+	var applied uint64
+	var logged []dedupEntry
+	err := b.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(metaBucket)
+		if v := meta.Get(journalAppliedKey); len(v) == 8 {
+			applied = binary.BigEndian.Uint64(v)
+		}
 		if v := meta.Get(seqKeyName); len(v) == 8 {
 			b.nextSeq = binary.BigEndian.Uint64(v)
 		}
@@ -387,17 +405,24 @@ func (b *Buffer) load() error {
 		if v := meta.Get(clockKey); len(v) == 8 {
 			b.raiseClockBase(binary.BigEndian.Uint64(v))
 		}
-		logged, err := loadDedupLog(tx.Bucket(dedupBucket))
+		logged, err = loadDedupLog(tx.Bucket(dedupBucket))
 		if err != nil {
 			return err
 		}
 		if err := b.indexBlocks(tx.Bucket(blocksBucket), true); err != nil {
 			return err
 		}
-		b.dedup.load(logged, b.dedup.pendingLoad)
-		b.dedup.pendingLoad = nil
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if err := b.loadJournal(applied, true); err != nil {
+		return err
+	}
+	b.dedup.load(logged, b.dedup.pendingLoad)
+	b.dedup.pendingLoad = nil
+	return nil
 }
 
 // indexBlocks rebuilds the in-memory index from the blocks' headers,
@@ -409,30 +434,37 @@ func (b *Buffer) indexBlocks(bk *bolt.Bucket, dedup bool) error {
 		if len(k) != 8 {
 			return fmt.Errorf("%w: block key of %d bytes", ErrCorruptRecord, len(k))
 		}
-		key := binary.BigEndian.Uint64(k)
-		v := getBlock(bk, k)
-		h, err := decodeBlockHeader(key, v, dedup)
-		if nb := (*newerBlockError)(nil); errors.As(err, &nb) {
-			return newerFormat(b.opts.Path, nb.Error())
-		}
-		if err != nil {
+		if err := b.indexBlock(binary.BigEndian.Uint64(k), getBlock(bk, k), dedup); err != nil {
 			return err
 		}
-		b.idx.addBlock(key, h)
-		b.raiseClockBase(h.clock)
-		i := len(b.idx.blocks) - 1
-		for pos, r := range h.recs {
-			name := h.routes[r.route]
-			if r.seq <= b.marks[name] {
-				b.idx.remove(i, pos, b.idx.routes[name], r.budgetSize())
-			}
-			b.nextSeq = max(b.nextSeq, r.seq+1)
-		}
-		b.dedup.pendingLoad = append(b.dedup.pendingLoad, h.dedup...)
 	}
 	if b.nextSeq == 0 {
 		b.nextSeq = 1
 	}
+	return nil
+}
+
+// indexBlock adds one stored block to the index at open (from the bbolt file
+// or the journal).
+func (b *Buffer) indexBlock(key uint64, v []byte, dedup bool) error {
+	h, err := decodeBlockHeader(key, v, dedup)
+	if nb := (*newerBlockError)(nil); errors.As(err, &nb) {
+		return newerFormat(b.opts.Path, nb.Error())
+	}
+	if err != nil {
+		return err
+	}
+	b.idx.addBlock(key, h)
+	b.raiseClockBase(h.clock)
+	i := len(b.idx.blocks) - 1
+	for pos, r := range h.recs {
+		name := h.routes[r.route]
+		if r.seq <= b.marks[name] {
+			b.idx.remove(i, pos, b.idx.routes[name], r.budgetSize())
+		}
+		b.nextSeq = max(b.nextSeq, r.seq+1)
+	}
+	b.dedup.pendingLoad = append(b.dedup.pendingLoad, h.dedup...)
 	return nil
 }
 
@@ -487,6 +519,8 @@ func (b *Buffer) writer() {
 	batch := make([]*Append, 0, b.opts.MaxBatch)
 	wait := time.NewTimer(time.Hour)
 	wait.Stop()
+	tick := time.NewTicker(checkpointEvery / 4)
+	defer tick.Stop()
 	last := 0                  // records in the previous commit
 	var lastTook time.Duration // how long it took
 	for {
@@ -512,6 +546,20 @@ func (b *Buffer) writer() {
 			start := time.Now()
 			b.commit(batch)
 			last, lastTook = len(batch), time.Since(start)
+		case <-tick.C:
+			b.dbMu.RLock()
+			b.maybeCheckpoint(false) // a generation that waited long enough
+			b.dbMu.RUnlock()
+		case reply := <-b.ckptForce:
+			b.dbMu.RLock()
+			b.maybeCheckpoint(true)
+			j := b.jnl
+			var st ckptState
+			if j != nil {
+				st = ckptState{j: j, gen: j.closing, empty: j.lastKey == 0}
+			}
+			b.dbMu.RUnlock()
+			reply <- st
 		case <-b.quit:
 			// Close stopped new appends: commit what is still queued.
 			for {
@@ -616,7 +664,10 @@ func (b *Buffer) commit(batch []*Append) {
 		header   *blockHeader
 	)
 	b.dbMu.RLock()
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = func() error {
+		if b.jnl == nil {
+			return ErrClosed // a reopen failed; the buffer is being marked unusable
+		}
 		ch = newChanges(snapshot)
 		newDedup = make([]dedupEntry, 0, len(batch))
 		seqs = make([]uint64, 0, len(batch))
@@ -632,7 +683,6 @@ func (b *Buffer) commit(batch []*Append) {
 			hdrMax += 3*binary.MaxVarintLen64 + len(a.Record.Route) + 2*binary.MaxVarintLen64 + 10 + len(a.Dedup.ClientID)
 		}
 		bodies := make([]byte, hdrMax, hdrMax+space)
-		bk := tx.Bucket(blocksBucket)
 		for i, a := range batch {
 			rec := &a.Record
 			results[i] = Result{}
@@ -670,7 +720,7 @@ func (b *Buffer) commit(batch []*Append) {
 			bodies = rec.marshal(bodies)
 			n := len(bodies) - start
 			size := int64(8 + n)
-			if err := b.makeRoom(bk, ch, limits, rec.Route, size); err != nil {
+			if err := b.makeRoom(ch, limits, rec.Route, size); err != nil {
 				bodies = bodies[:start]
 				if errors.Is(err, ErrRouteFull) || errors.Is(err, ErrDiskFull) {
 					results[i] = Result{Err: err}
@@ -706,15 +756,26 @@ func (b *Buffer) commit(batch []*Append) {
 		} else { // the bound was wrong: build it again
 			value = append(hdr, bodies[hdrMax:]...)
 		}
-		if err := putBlock(bk, seqKey(seq), value); err != nil {
+		if b.opts.BeforeCommit != nil {
+			if err := b.opts.BeforeCommit(seqs); err != nil {
+				return err
+			}
+		}
+		// one write and one fdatasync; the checkpoint puts it into the
+		// bbolt file later (journal.go)
+		if err := b.jnl.append(seq, value); err != nil {
+			// What a failed write or fdatasync left there is not to be
+			// trusted, whatever the page cache shows: the replay of the
+			// reopen stops before it and the next entry overwrites it.
+			b.rewind = journalMark{gen: b.jnl.cur, off: b.jnl.off}
 			return err
 		}
-		failpoint.Hit(failpoint.BufferCommitBeforeSync)
-		if b.opts.BeforeCommit != nil {
-			return b.opts.BeforeCommit(seqs)
-		}
+		b.pending.put(seq, value)
 		return nil
-	})
+	}()
+	if err == nil {
+		b.maybeCheckpoint(false)
+	}
 	if err != nil {
 		b.dbMu.RUnlock()
 		err = fmt.Errorf("buffer: commit: %w", err)
@@ -823,13 +884,24 @@ func (b *Buffer) scanRoute(route string, after uint64, fn func(h *blockHeader, v
 	return b.scanRouteIn(b.view, route, after, fn)
 }
 
-// view runs fn in a read transaction with a getter of block values.
+// view runs fn in a read transaction with a getter of block values, the
+// journal's pending blocks included. dbMu must be held for reading.
 func (b *Buffer) view(fn func(get func([]byte) []byte) error) error {
-	return b.db.View(func(tx *bolt.Tx) error { return fn(getter(tx.Bucket(blocksBucket))) })
+	b.pending.retire.RLock()
+	defer b.pending.retire.RUnlock()
+	return b.db.View(func(tx *bolt.Tx) error { return fn(b.getter(tx.Bucket(blocksBucket))) })
 }
 
-func getter(bk *bolt.Bucket) func([]byte) []byte {
-	return func(k []byte) []byte { return getBlock(bk, k) }
+// getter reads a block from the pending ones first, then from bk. Only
+// within view: a block leaves pending only once no view that began before
+// its checkpoint committed is open (see pendingBlocks.retire).
+func (b *Buffer) getter(bk *bolt.Bucket) func([]byte) []byte {
+	return func(k []byte) []byte {
+		if v := b.pending.get(binary.BigEndian.Uint64(k)); v != nil {
+			return v
+		}
+		return getBlock(bk, k)
+	}
 }
 
 // scanRouteIn is scanRoute reading blocks through view (a write transaction
@@ -950,10 +1022,9 @@ func (b *Buffer) removeRefs(refs []Ref, reason string) (int, error) {
 		size  int64
 	}
 	var hits []hit
-	err := b.db.View(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(blocksBucket)
+	err := b.view(func(get func([]byte) []byte) error {
 		for _, w := range order {
-			v := getBlock(bk, seqKey(w.key))
+			v := get(seqKey(w.key))
 			if v == nil {
 				continue
 			}
@@ -1109,14 +1180,20 @@ func (b *Buffer) Close() error {
 	close(b.quit)
 	<-b.done
 	<-b.janitorDone
-	// A clean stop leaves no delivered record to re-send (an unusable
-	// file is not written again).
+	<-b.ckptDone
+	// A clean stop leaves an empty journal and no delivered record to
+	// re-send (an unusable file is not written again).
 	if b.Err() == nil {
-		if err := b.purge(true); err != nil {
+		if err := b.checkpointAll(); err != nil {
+			b.log.Warn("buffer: final checkpoint failed; the journal keeps its blocks for the next start", "error", err)
+		} else if err := b.purge(true); err != nil {
 			b.log.Warn("buffer: final purge failed; delivered records may be sent again after restart", "error", err)
 		}
 	}
 	b.dbMu.Lock()
 	defer b.dbMu.Unlock()
+	if b.jnl != nil {
+		b.jnl.close()
+	}
 	return b.db.Close()
 }

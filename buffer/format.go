@@ -12,9 +12,11 @@ import (
 // The buffer file says which format it is in, so that a release never
 // misreads a file a newer release wrote (a downgrade). Format 1 is the first
 // release's (a bucket per route, converted at open by migrate.go); format 2
-// is blocks (block.go). A file of a newer format is refused, not moved aside
+// is blocks (block.go); format 3 is blocks with a journal in front
+// (journal.go), whose files a format-2 release would not read. A file of a
+// newer format is refused, not moved aside
 // as corrupt: it is intact, and the release that wrote it can drain it.
-const fileFormat = 2
+const fileFormat = 3
 
 var formatKey = []byte("format") // in the meta bucket: the file's format, 8 bytes
 
@@ -61,7 +63,11 @@ func newerFormat(path, what string) error {
 // guard, so opening it needs no write transaction.
 func formatMarked(tx *bolt.Tx) bool {
 	meta, dd := tx.Bucket(metaBucket), tx.Bucket(dedupBucket)
-	return meta != nil && dd != nil && meta.Get(formatKey) != nil && dd.Get(firstReleaseGuardKey) != nil
+	if meta == nil || dd == nil || dd.Get(firstReleaseGuardKey) == nil {
+		return false
+	}
+	v := meta.Get(formatKey)
+	return len(v) == 8 && binary.BigEndian.Uint64(v) == fileFormat
 }
 
 // markFormat writes the format and the guard.

@@ -107,6 +107,19 @@ func (b *Buffer) reopen() error {
 	old := b.db
 	_ = old.Close()
 	b.db = nil
+	// Read the files again from the disk, not from pages a failed fsync
+	// left in the cache (Linux marks them clean; they may never be written).
+	jp := journalPaths(b.opts.Path)
+	for _, p := range []string{b.opts.Path, jp[0], jp[1]} {
+		if f, err := os.Open(p); err == nil {
+			dropCache(f)
+			f.Close()
+		}
+	}
+	if b.jnl != nil {
+		b.jnl.close()
+		b.jnl = nil
+	}
 	if err := b.openAndLoad(); err != nil {
 		// Keep the closed handle, never nil: whatever still reads or
 		// writes (the drain, the janitor, Close) gets bbolt's "database

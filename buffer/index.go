@@ -182,10 +182,13 @@ func (x *index) advanceHead(st *routeState, key uint64) {
 	}
 }
 
-// purgeable lists the keys of blocks with nothing live.
-func (x *index) purgeable(limit int) []uint64 {
+// purgeable lists the keys, up to through, of blocks with nothing live.
+func (x *index) purgeable(limit int, through uint64) []uint64 {
 	var keys []uint64
 	for _, b := range x.blocks {
+		if b.key > through {
+			break
+		}
 		if b.live == 0 {
 			keys = append(keys, b.key)
 			if len(keys) >= limit {

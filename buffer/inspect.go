@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"time"
@@ -108,22 +109,26 @@ func OpenReadOnly(path string) (*Buffer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: open %s: %w", path, err)
 	}
-	b := &Buffer{db: db, opts: Options{Path: path, Elapsed: func() time.Duration { return 0 }}, idx: newIndex(), dedup: newDedupIndex(), marks: map[string]uint64{},
+	b := &Buffer{db: db, opts: Options{Path: path, Elapsed: func() time.Duration { return 0 }}, log: slog.New(slog.DiscardHandler), idx: newIndex(), dedup: newDedupIndex(), marks: map[string]uint64{},
 		drops: map[string]map[string]uint64{}, quit: make(chan struct{}), done: make(chan struct{}), janitorDone: make(chan struct{})}
 	b.closed, b.readOnly = true, true
 	close(b.done)
 	close(b.janitorDone)
+	var applied uint64
 	err = func() (err error) {
 		defer func() {
 			if r := recover(); r != nil {
 				err = fmt.Errorf("buffer: %w: %s: %v", errCorruptFile, path, r)
 			}
 		}()
-		return db.View(func(tx *bolt.Tx) error {
+		err = db.View(func(tx *bolt.Tx) error {
 			if err := checkFormat(tx, path); err != nil {
 				return err
 			}
 			if meta := tx.Bucket(metaBucket); meta != nil {
+				if v := meta.Get(journalAppliedKey); len(v) == 8 {
+					applied = binary.BigEndian.Uint64(v)
+				}
 				if v := meta.Get(seqKeyName); len(v) == 8 {
 					b.nextSeq = binary.BigEndian.Uint64(v)
 				}
@@ -139,6 +144,11 @@ func OpenReadOnly(path string) (*Buffer, error) {
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		// what the journal holds beyond the last checkpoint, read only
+		return b.loadJournal(applied, false)
 	}()
 	if err != nil {
 		db.Close()

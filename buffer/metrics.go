@@ -11,17 +11,20 @@ type counters struct {
 	commits atomic.Uint64 // group commits that stored records
 	records atomic.Uint64 // records stored by them
 	purges  atomic.Uint64 // purge commits
+	// checkpoints: journal generations written into the bbolt file
+	checkpoints atomic.Uint64
 	// repacked: small blocks merged away by repacks
 	repacked atomic.Uint64
 }
 
 // Counters is a snapshot of the buffer's write activity since open.
 type Counters struct {
-	Commits    uint64 // group commits that stored records
-	Records    uint64 // records they stored
-	Purges     uint64 // purge commits (deleting delivered blocks)
-	Repacked   uint64 // small blocks merged into larger ones (see repack.go)
-	NodeWrites uint64 // bbolt node writes (a node is one or more pages), meta pages included
+	Commits     uint64 // group commits that stored records
+	Records     uint64 // records they stored
+	Purges      uint64 // purge commits (deleting delivered blocks)
+	Repacked    uint64 // small blocks merged into larger ones (see repack.go)
+	Checkpoints uint64 // journal generations written into the bbolt file (see journal.go)
+	NodeWrites  uint64 // bbolt node writes (a node is one or more pages), meta pages included
 }
 
 // Counters returns what the buffer has written since it opened.
@@ -31,7 +34,7 @@ func (b *Buffer) Counters() Counters {
 	b.dbMu.RUnlock()
 	return Counters{
 		Commits: b.ctr.commits.Load(), Records: b.ctr.records.Load(), Purges: b.ctr.purges.Load(),
-		Repacked:   b.ctr.repacked.Load(),
+		Repacked: b.ctr.repacked.Load(), Checkpoints: b.ctr.checkpoints.Load(),
 		NodeWrites: uint64(st.TxStats.GetWrite()) + b.pagesBefore.Load(),
 	}
 }

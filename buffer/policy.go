@@ -190,7 +190,7 @@ func (b *Buffer) Drops() map[string]map[string]uint64 {
 // makeRoom checks the route and global budgets for a record of size bytes,
 // evicting drop_oldest data where the rules allow. A reject route's data is
 // never evicted.
-func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, size int64) error {
+func (b *Buffer) makeRoom(c *changes, l *Limits, route string, size int64) error {
 	if l == nil {
 		return nil
 	}
@@ -199,7 +199,7 @@ func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, 
 		if p.OnFull != "drop_oldest" || size > p.MaxBytes {
 			return ErrRouteFull
 		}
-		if err := b.evictOldest(bk, c, route, c.bytes[route]+size-p.MaxBytes); err != nil {
+		if err := b.evictOldest(c, route, c.bytes[route]+size-p.MaxBytes); err != nil {
 			return err
 		}
 	}
@@ -235,7 +235,7 @@ func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, 
 				break
 			}
 			before := c.bytes[v]
-			if err := b.evictOldest(bk, c, v, min(need, before)); err != nil {
+			if err := b.evictOldest(c, v, min(need, before)); err != nil {
 				return err
 			}
 			need -= before - c.bytes[v]
@@ -247,10 +247,9 @@ func (b *Buffer) makeRoom(bk *bolt.Bucket, c *changes, l *Limits, route string, 
 // evictOldest plans the removal of a route's oldest records until at least
 // need bytes are free, counting them as drop_oldest: first those of earlier
 // commits, then this commit's own.
-func (b *Buffer) evictOldest(bk *bolt.Bucket, c *changes, route string, need int64) error {
+func (b *Buffer) evictOldest(c *changes, route string, need int64) error {
 	var freed, n int64
-	view := func(fn func(get func([]byte) []byte) error) error { return fn(getter(bk)) }
-	err := b.scanRouteIn(view, route, c.through[route], func(h *blockHeader, _ []byte, i int) (bool, error) {
+	err := b.scanRoute(route, c.through[route], func(h *blockHeader, _ []byte, i int) (bool, error) {
 		if freed >= need {
 			return false, nil
 		}

@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -31,6 +32,13 @@ const purgeMaxBlocks = 65536
 // purge deletes dead blocks when due (or now, when force) and records the
 // marks. It returns nil when there was nothing to do.
 func (b *Buffer) purge(force bool) error {
+	if force {
+		// what is delivered in the journal's blocks too (not after Close:
+		// Close checkpoints itself)
+		if err := b.Checkpoint(); err != nil && !errors.Is(err, ErrClosed) {
+			return err
+		}
+	}
 	b.purgeMu.Lock()
 	defer b.purgeMu.Unlock()
 	for {
@@ -61,7 +69,8 @@ func (b *Buffer) purge(force bool) error {
 
 func (b *Buffer) purgeOnce() (int, error) {
 	b.mu.Lock()
-	keys := b.idx.purgeable(purgeMaxBlocks)
+	// only blocks in the bbolt file: the others are still in the journal
+	keys := b.idx.purgeable(purgeMaxBlocks, b.appliedKey.Load())
 	marks := make(map[string]uint64, len(b.idx.routes))
 	next := b.nextSeq
 	b.mu.Unlock()

@@ -90,10 +90,14 @@ func (b *Buffer) repack() (int, error) {
 	// were delivered or dropped; a crash cannot bring them back, which is
 	// what the next purge would have done too).
 	var cands []blockRemoved
-	ahead := 0.0            // live records before block i: the drain reaches i after them
-	var firstSkipped uint64 // the first block left for the drain not yet considered
+	ahead := 0.0                   // live records before block i: the drain reaches i after them
+	var firstSkipped uint64        // the first block left for the drain not yet considered
+	applied := b.appliedKey.Load() // blocks after it are still in the journal
 	for i := 0; i < len(b.idx.blocks) && len(cands) < repackMaxBlocks; i++ {
 		bi := &b.idx.blocks[i]
+		if bi.key > applied {
+			break
+		}
 		considered := b.repackAfter != 0 && bi.key <= b.repackAfter
 		if ahead < horizon || considered {
 			if !considered && firstSkipped == 0 && bi.live > 0 {

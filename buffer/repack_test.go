@@ -29,6 +29,16 @@ func blockPages(t *testing.T, b *Buffer) int {
 	return s.BranchPageN + s.BranchOverflowN + s.LeafPageN + s.LeafOverflowN
 }
 
+// checkpointAndRepack: a repack takes only blocks in the bbolt file, so the
+// journal's are checkpointed first (in a running gateway a checkpoint is at
+// most about a second behind, and a repack takes blocks 20 s old).
+func checkpointAndRepack(b *Buffer) (int, error) {
+	if err := b.Checkpoint(); err != nil {
+		return 0, err
+	}
+	return b.repack()
+}
+
 func appendDedup(b *Buffer, r Record, k DedupKey) (Result, error) {
 	ch := make(chan Result, 1)
 	if err := b.Append(&Append{Record: r, Dedup: k, Done: func(r Result) { ch <- r }}); err != nil {
@@ -114,10 +124,13 @@ func TestRepackKeepsEveryRecordAndShrinksTheBacklog(t *testing.T) {
 	delivered := func(i int) bool { return i%10 == 0 }
 	sameRecords(t, "before the repack", readAll(t, b), want(delivered))
 	statsBefore := b.Stats()
+	if err := b.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
 	blocksBefore, pagesBefore := len(b.idx.blocks), blockPages(t, b)
 
 	clk.advance(30 * time.Second)
-	removed, err := b.repack()
+	removed, err := checkpointAndRepack(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +149,7 @@ func TestRepackKeepsEveryRecordAndShrinksTheBacklog(t *testing.T) {
 		}
 	}
 	// a second pass finds nothing more to do
-	if n, err := b.repack(); err != nil || n != 0 {
+	if n, err := checkpointAndRepack(b); err != nil || n != 0 {
 		t.Fatalf("second repack: %d, %v", n, err)
 	}
 	// the drain goes on after the repack, deep into merged blocks (each
@@ -199,7 +212,7 @@ func TestRepackNeverExpiresEarly(t *testing.T) {
 		clk.advance(100 * time.Millisecond)
 	}
 	clk.advance(25 * time.Second) // 45 s
-	if n, err := b.repack(); err != nil || n < 150 {
+	if n, err := checkpointAndRepack(b); err != nil || n < 150 {
 		t.Fatalf("repack merged %d: %v", n, err)
 	}
 	for clk.elapsed() < 65*time.Second {
@@ -263,7 +276,7 @@ func TestRepackWhileIngestAndDrainRun(t *testing.T) {
 				return
 			default:
 			}
-			n, err := b.repack()
+			n, err := checkpointAndRepack(b)
 			if err != nil {
 				t.Error(err)
 				return
@@ -335,7 +348,7 @@ func TestRepackWhileIngestAndDrainRun(t *testing.T) {
 func TestRepackLeavesWhatTheDrainIsAboutToTake(t *testing.T) {
 	var clk fakeClock
 	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{JanitorInterval: time.Hour, PurgeInterval: time.Hour, Elapsed: clk.elapsed})
-	if _, err := b.repack(); err != nil { // the first pass: no rate known yet
+	if _, err := checkpointAndRepack(b); err != nil { // the first pass: no rate known yet
 		t.Fatal(err)
 	}
 	var refs []Ref
@@ -353,11 +366,11 @@ func TestRepackLeavesWhatTheDrainIsAboutToTake(t *testing.T) {
 	if err := b.Delete(refs); err != nil { // the drain is taking hundreds a second
 		t.Fatal(err)
 	}
-	if n, err := b.repack(); err != nil || n != 0 {
+	if n, err := checkpointAndRepack(b); err != nil || n != 0 {
 		t.Fatalf("while the drain runs the repack merged %d blocks (%v): they were about to be delivered", n, err)
 	}
 	time.Sleep(10 * time.Millisecond)
-	if n, err := b.repack(); err != nil || n < 500 {
+	if n, err := checkpointAndRepack(b); err != nil || n < 500 {
 		t.Fatalf("once nothing left, the repack merged %d blocks (%v), want the waiting ones", n, err)
 	}
 }
@@ -386,10 +399,13 @@ func TestBacklogFootprint(t *testing.T) {
 			clk.advance(50 * time.Millisecond)
 		}
 		_, budget := b.Total()
+		if err := b.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
 		before := blockPages(t, b) * pageSize
 		clk.advance(30 * time.Second)
 		for {
-			k, err := b.repack()
+			k, err := checkpointAndRepack(b)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -411,7 +427,7 @@ func TestBacklogFootprint(t *testing.T) {
 func TestRepackReturnsToWhatTheDrainLeft(t *testing.T) {
 	var clk fakeClock
 	b := open(t, filepath.Join(t.TempDir(), "b.db"), Options{JanitorInterval: time.Hour, PurgeInterval: time.Hour, Elapsed: clk.elapsed})
-	if _, err := b.repack(); err != nil {
+	if _, err := checkpointAndRepack(b); err != nil {
 		t.Fatal(err)
 	}
 	var seqs []uint64
@@ -433,14 +449,14 @@ func TestRepackReturnsToWhatTheDrainLeft(t *testing.T) {
 	if err := b.Delete(refs); err != nil {
 		t.Fatal(err)
 	}
-	first, err := b.repack()
+	first, err := checkpointAndRepack(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// the link is gone: nothing leaves any more
 	time.Sleep(10 * time.Millisecond)
 	for {
-		n, err := b.repack()
+		n, err := checkpointAndRepack(b)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -21,6 +21,9 @@ const (
 	// BufferRepack: inside the commit that merges small blocks into one,
 	// before it is written or synced.
 	BufferRepack = "buffer.repack"
+	// BufferCheckpoint: inside the commit that writes a journal generation's
+	// blocks into the bbolt file, before its fsync.
+	BufferCheckpoint = "buffer.checkpoint"
 	// ReceiptsOutboxWrite: inside the receipts outbox transaction that stores
 	// consumed receipts, before it commits.
 	ReceiptsOutboxWrite = "receipts.outbox.write"
