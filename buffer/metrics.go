@@ -41,15 +41,17 @@ func (b *Buffer) Counters() Counters {
 
 var (
 	descCommits = prometheus.NewDesc("gateway_buffer_commits_total",
-		"Group commits (one fsync'd transaction each) that stored publishes.", nil, nil)
+		"Group commits (one fdatasync'd journal entry each) that stored publishes.", nil, nil)
 	descRecords = prometheus.NewDesc("gateway_buffer_committed_records_total",
 		"Publishes stored by group commits; divided by commits: records per fsync.", nil, nil)
 	descPurges = prometheus.NewDesc("gateway_buffer_purges_total",
 		"Purge commits that deleted delivered blocks from the buffer file.", nil, nil)
 	descRepacked = prometheus.NewDesc("gateway_buffer_repacked_blocks_total",
 		"Small blocks of a waiting backlog merged into larger ones, so the backlog takes about its own size on disk.", nil, nil)
+	descCheckpoints = prometheus.NewDesc("gateway_buffer_checkpoints_total",
+		"Checkpoints: transactions that moved a generation of the journal's blocks into the buffer file.", nil, nil)
 	descWritten = prometheus.NewDesc("gateway_buffer_node_writes_total",
-		"Writes of B-tree nodes (one or more pages each) and meta pages to the buffer file; per commit, the pages a commit touches.", nil, nil)
+		"Writes of B-tree nodes (one or more pages each) and meta pages to the buffer file, by checkpoints, purges and repacks (a group commit writes the journal only).", nil, nil)
 )
 
 // Collector reports the buffer's write counters to Prometheus.
@@ -62,6 +64,7 @@ func (c bufferCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRecords
 	ch <- descPurges
 	ch <- descRepacked
+	ch <- descCheckpoints
 	ch <- descWritten
 }
 
@@ -71,5 +74,6 @@ func (c bufferCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.CounterValue, float64(n.Records))
 	ch <- prometheus.MustNewConstMetric(descPurges, prometheus.CounterValue, float64(n.Purges))
 	ch <- prometheus.MustNewConstMetric(descRepacked, prometheus.CounterValue, float64(n.Repacked))
+	ch <- prometheus.MustNewConstMetric(descCheckpoints, prometheus.CounterValue, float64(n.Checkpoints))
 	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(n.NodeWrites))
 }
