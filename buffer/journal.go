@@ -298,9 +298,10 @@ func (b *Buffer) loadJournal(applied uint64, write bool) error {
 		j.cur = applied + 2
 		j.off, j.bytes, j.lastKey = ends[1], ends[1]-journalHeaderSize, lastOf[1]
 	}
-	if j.lastKey != 0 {
-		j.since = time.Now()
-	}
+	// Replayed blocks go into the bbolt file at the writer's next tick
+	// (since is long past), so a box that keeps losing power does not
+	// replay an ever longer journal, and their delivered blocks become
+	// purgeable.
 	created := false
 	for i, p := range j.paths {
 		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)

@@ -346,13 +346,28 @@ func (b *Buffer) expired(l *Limits, route string, at, now uint64) bool {
 func (b *Buffer) janitor() {
 	defer close(b.janitorDone)
 	// often enough that a purge is never late by more than half its interval
-	t := time.NewTicker(min(b.opts.JanitorInterval, max(time.Duration(b.purgeEvery.Load())/2, 50*time.Millisecond)))
+	every := min(b.opts.JanitorInterval, max(time.Duration(b.purgeEvery.Load())/2, 50*time.Millisecond))
+	// Right after a start, every 50 ms for a while: the first purge comes as
+	// soon as the drain delivered something, so what a crash made it send
+	// again is not sent yet again by the next crash (a box whose power
+	// fails every few hundred milliseconds re-sent its whole history each
+	// time). Only with a janitor of a second or less (not in tests that
+	// switch it off).
+	tick, fastUntil := every, time.Time{}
+	if every <= time.Second && every > startupJanitorTick {
+		tick, fastUntil = startupJanitorTick, time.Now().Add(startupJanitorFor)
+	}
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-b.quit:
 			return
 		case <-t.C:
+		}
+		if !fastUntil.IsZero() && time.Now().After(fastUntil) {
+			t.Reset(every)
+			fastUntil = time.Time{}
 		}
 		if err := b.expire(); err != nil {
 			b.log.Error("buffer: expiry pass failed", "error", err)
@@ -376,6 +391,12 @@ func (b *Buffer) janitor() {
 		}
 	}
 }
+
+// The janitor's pace for a while after a start (see janitor).
+const (
+	startupJanitorTick = 50 * time.Millisecond
+	startupJanitorFor  = 3 * time.Second
+)
 
 // compactMaxLive bounds the live data a compaction copies: the copy holds
 // ingest and the drain, so it runs once a large backlog has (nearly) drained,
