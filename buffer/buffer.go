@@ -1,11 +1,11 @@
 // Package buffer is the durable uplink log: every message a terminal publishes
-// is appended here, in a committed and fsync'd bbolt transaction, before it is
-// acknowledged; it leaves only after Kafka acknowledged it (or an operator's
-// rule dropped it, which is counted).
+// is appended here, in an fdatasync'd journal entry that a checkpoint later
+// moves into a bbolt file, before it is acknowledged; it leaves only after
+// Kafka acknowledged it (or an operator's rule dropped it, which is counted).
 //
-// One writer goroutine gathers the appends of all clients into one
-// transaction per fsync (group commit), and each commit stores its records as
-// one value, a block (block.go). Which records are still undelivered is kept
+// One writer goroutine gathers the appends of all clients into one journal
+// entry per fsync (group commit, journal.go), and each commit stores its
+// records as one value, a block (block.go). Which records are still undelivered is kept
 // in memory (index.go): an acknowledgement writes nothing, and delivered
 // blocks are deleted in rare purge commits (purge.go). Flash wear per message
 // is a commit's few page writes shared by every record in it.
@@ -85,8 +85,8 @@ type Options struct {
 	// Logger for state changes; nil discards.
 	Logger *slog.Logger
 	// BeforeCommit, if set, is called by the writer with the batch's sequence
-	// numbers just before the transaction commits; an error aborts the
-	// transaction. Tests use it to hold or fail a commit and check that
+	// numbers just before the batch is written to the journal; an error
+	// aborts the commit. Tests use it to hold or fail a commit and check that
 	// nothing is acknowledged before (or without) it.
 	BeforeCommit func(seqs []uint64) error
 	// AfterCommit, if set, is called after a successful commit, before any
