@@ -674,10 +674,10 @@ func (b *Buffer) commit(batch []*Append) {
 		header = &blockHeader{key: seq, recs: make([]blockRec, 0, len(batch))}
 		routeIdx := map[string]int{}
 		s := seq
-		// The block in one allocation: room for the header (a bound,
-		// written last, right before the bodies), then the records'
-		// encodings back to back.
-		space, hdrMax := 0, 64
+		// The block in one allocation: room for the journal entry's head
+		// and the block header (a bound, written last, right before the
+		// bodies), then the records' encodings back to back.
+		space, hdrMax := 0, journalEntryHead+64
 		for _, a := range batch {
 			space += a.Record.size()
 			hdrMax += 3*binary.MaxVarintLen64 + len(a.Record.Route) + 2*binary.MaxVarintLen64 + 10 + len(a.Dedup.ClientID)
@@ -749,13 +749,15 @@ func (b *Buffer) commit(batch []*Append) {
 		}
 		header.clock = b.clockMillis()
 		hdr := encodeBlockHeader(nil, seq, header.clock, header.routes, header.recs, newDedup)
-		var value []byte
-		if start := hdrMax - len(hdr); start >= 0 {
+		// entry: the block with the journal entry's head in front of it
+		var entry []byte
+		if start := hdrMax - len(hdr); start >= journalEntryHead {
 			copy(bodies[start:], hdr)
-			value = bodies[start:]
+			entry = bodies[start-journalEntryHead:]
 		} else { // the bound was wrong: build it again
-			value = append(hdr, bodies[hdrMax:]...)
+			entry = append(append(make([]byte, journalEntryHead, journalEntryHead+len(hdr)+len(bodies)-hdrMax), hdr...), bodies[hdrMax:]...)
 		}
+		value := entry[journalEntryHead:]
 		if b.opts.BeforeCommit != nil {
 			if err := b.opts.BeforeCommit(seqs); err != nil {
 				return err
@@ -763,7 +765,7 @@ func (b *Buffer) commit(batch []*Append) {
 		}
 		// one write and one fdatasync; the checkpoint puts it into the
 		// bbolt file later (journal.go)
-		if err := b.jnl.append(seq, value); err != nil {
+		if err := b.jnl.append(seq, entry); err != nil {
 			// What a failed write or fdatasync left there is not to be
 			// trusted, whatever the page cache shows: the replay of the
 			// reopen stops before it and the next entry overwrites it.
@@ -877,13 +879,6 @@ func (b *Buffer) Read(after map[string]uint64, priority func(route string) int, 
 	return append(make([]Record, 0, len(out)), out...), nil
 }
 
-// scanRoute calls fn for the live records of route with a seq above after,
-// in order, until fn returns false or an error. v and h are valid only
-// during the call. dbMu must be held for reading.
-func (b *Buffer) scanRoute(route string, after uint64, fn func(h *blockHeader, v []byte, i int) (bool, error)) error {
-	return b.scanRouteIn(b.view, route, after, fn)
-}
-
 // view runs fn in a read transaction with a getter of block values, the
 // journal's pending blocks included. dbMu must be held for reading.
 func (b *Buffer) view(fn func(get func([]byte) []byte) error) error {
@@ -904,9 +899,10 @@ func (b *Buffer) getter(bk *bolt.Bucket) func([]byte) []byte {
 	}
 }
 
-// scanRouteIn is scanRoute reading blocks through view (a write transaction
-// passes its own bucket).
-func (b *Buffer) scanRouteIn(view func(func(get func([]byte) []byte) error) error, route string, after uint64, fn func(h *blockHeader, v []byte, i int) (bool, error)) error {
+// scanRoute calls fn for the live records of route with a seq above after,
+// in order, until fn returns false or an error. v and h are valid only
+// during the call. dbMu must be held for reading.
+func (b *Buffer) scanRoute(route string, after uint64, fn func(h *blockHeader, v []byte, i int) (bool, error)) error {
 	b.mu.Lock()
 	st := b.idx.routes[route]
 	if st == nil || st.Messages == 0 {
@@ -925,7 +921,7 @@ func (b *Buffer) scanRouteIn(view func(func(get func([]byte) []byte) error) erro
 		}
 		pos = next
 		more := true
-		err := view(func(get func([]byte) []byte) error {
+		err := b.view(func(get func([]byte) []byte) error {
 			for _, c := range cands {
 				v := get(seqKey(c.key))
 				if v == nil {

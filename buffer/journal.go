@@ -88,8 +88,6 @@ type journal struct {
 	// closing is the generation waiting for (or in) its checkpoint, with
 	// its last key; 0 when none.
 	closing, closingKey uint64
-
-	scratch []byte
 }
 
 // journalMark is a place in a generation.
@@ -253,10 +251,11 @@ func (b *Buffer) loadJournal(applied uint64, write bool) error {
 	}
 	b.rewind = journalMark{}
 	// Replay applied+1, then applied+2.
-	var lastKey uint64
+	var lastKey uint64 // the last block in the bbolt file, then the last replayed
 	if n := len(b.idx.blocks); n > 0 {
 		lastKey = b.idx.blocks[n-1].key
 	}
+	b.appliedKey.Store(lastKey) // replayed blocks come after it
 	var ends [2]int64
 	var lastOf [2]uint64
 	var count [2]int
@@ -276,10 +275,6 @@ func (b *Buffer) loadJournal(applied uint64, write bool) error {
 			lastOf[step-1] = e.key
 			count[step-1]++
 		}
-	}
-	b.appliedKey.Store(lastKey)
-	if k, ok := minKey(b.pending.m); ok {
-		b.appliedKey.Store(k - 1)
 	}
 	if count[0]+count[1] > 0 {
 		b.log.Info("buffer: replayed the journal", "blocks", count[0]+count[1], "applied_generation", applied)
@@ -312,8 +307,7 @@ func (b *Buffer) loadJournal(applied uint64, write bool) error {
 		j.files[i] = f
 		if data[i] != nil {
 			dropCache(f) // as replay read it: see dropCache
-		}
-		if data[i] == nil {
+		} else {
 			// new, or not this buffer's: header, then zeros ahead
 			if err := writeAhead(f, b.epoch); err != nil {
 				j.close()
@@ -333,17 +327,6 @@ func (b *Buffer) loadJournal(applied uint64, write bool) error {
 		b.requestCheckpoint(ckptRequest{j: j, gen: j.closing, key: j.closingKey})
 	}
 	return nil
-}
-
-func minKey(m map[uint64][]byte) (uint64, bool) {
-	var k uint64
-	ok := false
-	for key := range m {
-		if !ok || key < k {
-			k, ok = key, true
-		}
-	}
-	return k, ok
 }
 
 // writeAhead gives a journal file its header and zeros up to
@@ -378,20 +361,16 @@ func (j *journal) close() {
 }
 
 // append writes one block to the current generation and makes it durable
-// with one fdatasync. The writer alone calls it, holding dbMu for reading.
-func (j *journal) append(key uint64, value []byte) error {
-	n := journalEntryHead + len(value)
-	if cap(j.scratch) < n {
-		j.scratch = make([]byte, n+n/4)
-	}
-	e := j.scratch[:n]
-	binary.BigEndian.PutUint32(e, uint32(len(value)))
-	binary.BigEndian.PutUint64(e[8:], j.cur)
-	binary.BigEndian.PutUint64(e[16:], key)
-	copy(e[journalEntryHead:], value)
-	binary.BigEndian.PutUint32(e[4:], crc32.Checksum(e[8:], crcTable))
+// with one fdatasync. entry is the block with journalEntryHead bytes of room
+// in front of it, which append fills (the commit encodes the block there, so
+// it is not copied). The writer alone calls it, holding dbMu for reading.
+func (j *journal) append(key uint64, entry []byte) error {
+	binary.BigEndian.PutUint32(entry, uint32(len(entry)-journalEntryHead))
+	binary.BigEndian.PutUint64(entry[8:], j.cur)
+	binary.BigEndian.PutUint64(entry[16:], key)
+	binary.BigEndian.PutUint32(entry[4:], crc32.Checksum(entry[8:], crcTable))
 	f := j.files[j.cur%2]
-	if _, err := f.WriteAt(e, j.off); err != nil {
+	if _, err := f.WriteAt(entry, j.off); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	failpoint.Hit(failpoint.BufferCommitBeforeSync)
@@ -401,12 +380,9 @@ func (j *journal) append(key uint64, value []byte) error {
 	if j.lastKey == 0 {
 		j.since = time.Now()
 	}
-	j.off += int64(n)
-	j.bytes += int64(n)
+	j.off += int64(len(entry))
+	j.bytes += int64(len(entry))
 	j.lastKey = key
-	if cap(j.scratch) > 4<<20 {
-		j.scratch = nil // one huge batch need not pin its copy
-	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package buffer
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,13 +33,8 @@ func seqsOf(recs []Record) []uint64 {
 
 func sameSeqs(t *testing.T, what string, got, want []uint64) {
 	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%s: %d records, want %d", what, len(got), len(want))
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("%s: record %d is seq %d, want %d", what, i, got[i], want[i])
-		}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s: seqs %v, want %v", what, got, want)
 	}
 }
 
@@ -122,7 +118,7 @@ func TestJournalTornTail(t *testing.T) {
 			case "a stale generation":
 				// a whole entry of generation 0 (what the file held before)
 				e := &journal{files: [2]*os.File{f, f}, off: off, cur: 0}
-				if err := e.append(1<<40, []byte("stale")); err != nil {
+				if err := e.append(1<<40, append(make([]byte, journalEntryHead), "stale"...)); err != nil {
 					t.Fatal(err)
 				}
 			}
