@@ -145,6 +145,9 @@ func (h *authHook) refuse(cl *mqtt.Client, codes [2]packets.Code, why string) er
 // OnConnect decides who the client is and whether it may use its client id
 // and its will, before mochi touches any session (see authHook).
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if g := guardOf(cl); g != nil {
+		g.client.Store(cl)
+	}
 	if len(pk.Connect.ClientIdentifier) > h.maxClientID {
 		return h.refuse(cl, refuseClientID, "client_id_too_long")
 	}
@@ -268,7 +271,7 @@ func (h *authHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 // certCN is the subject CN of the client's verified certificate, or "".
 func certCN(cl *mqtt.Client) string {
 	conn := cl.Net.Conn
-	if g, ok := conn.(*frameGuard); ok {
+	if g := guardOf(cl); g != nil {
 		conn = g.Conn
 	}
 	tc, ok := conn.(*tls.Conn)

@@ -70,6 +70,12 @@ type Broker struct {
 	refused  *prometheus.CounterVec
 	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
 	logs     logonce.Set
+	// logEvery rate-limits what one client can make the broker log (see
+	// logonce.Every): once a minute per client and kind.
+	logEvery logonce.Every
+
+	malformed    prometheus.Counter // packets refused before mochi decoded them (frameGuard)
+	clientPanics prometheus.Counter // panics in mochi contained to their client (serveConn)
 
 	quarantined string // where a corrupt sessions.db was moved at start, or ""
 }
@@ -149,8 +155,16 @@ func New(opts Options) (*Broker, error) {
 		Name: "gateway_mqtt_sessions_evicted_total",
 		Help: "Stored sessions of offline clients removed because mqtt.max_sessions was reached (longest offline first).",
 	})
+	b.malformed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_mqtt_malformed_packets_total",
+		Help: "Packets the gateway refused before the MQTT broker decoded them (a SUBSCRIBE or UNSUBSCRIBE that is cut short); each ended its client's connection.",
+	})
+	b.clientPanics = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_mqtt_client_panics_total",
+		Help: "Panics in the MQTT broker while reading a client's packets, contained to that client: it was disconnected, everyone else went on.",
+	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted} {
+		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -218,11 +232,11 @@ func (b *Broker) stopListenerClients(listener string) {
 func (b *Broker) Quarantined() string { return b.quarantined }
 
 func (b *Broker) addListeners(cfg *config.Config) error {
-	maxPacket := uint32(cfg.MQTT.MaxPacketSize)
 	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize),
-		stopClients: b.stopListenerClients}
+		maxPacket: uint32(cfg.MQTT.MaxPacketSize), stopClients: b.stopListenerClients,
+		events: &connEvents{malformed: b.countMalformed}, panicked: b.endPanicked}
 	if cfg.MQTT.Address != "" {
-		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket, limits)
+		l := newTCPListener("tcp", cfg.MQTT.Address, nil, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.address %s: %w", cfg.MQTT.Address, err)
@@ -233,14 +247,14 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 		if err != nil {
 			return err
 		}
-		l := newTCPListener("tls", t.Address, tc, maxPacket, limits)
+		l := newTCPListener("tls", t.Address, tc, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.tls.address %s: %w", t.Address, err)
 		}
 	}
 	if cfg.MQTT.WebsocketAddress != "" {
-		ws := newWSListener("ws", cfg.MQTT.WebsocketAddress, maxPacket, limits)
+		ws := newWSListener("ws", cfg.MQTT.WebsocketAddress, limits)
 		b.ws = ws
 		if err := b.server.AddListener(ws); err != nil {
 			return fmt.Errorf("broker: mqtt.websocket_address %s: %w", cfg.MQTT.WebsocketAddress, err)
@@ -365,6 +379,12 @@ func (b *Broker) Close() error {
 		}
 	})
 	return err
+}
+
+func (b *Broker) countMalformed(packet, why string) {
+	b.malformed.Inc()
+	b.logEvery.Log(b.log, slog.LevelWarn, "malformed/"+packet, "malformed packet: the client was disconnected (see gateway_mqtt_malformed_packets_total)",
+		"packet", packet, "problem", why)
 }
 
 func (b *Broker) countLoginRefused(reason string) {

@@ -22,7 +22,6 @@ import (
 // and size limit as on TCP.
 type wsListener struct {
 	id, address string
-	maxPacket   uint32
 	limits      connLimits
 	log         *slog.Logger
 
@@ -37,9 +36,9 @@ type wsListener struct {
 	conns map[net.Conn]struct{} // upgraded and not yet ended, for Close
 }
 
-func newWSListener(id, address string, maxPacket uint32, limits connLimits) *wsListener {
+func newWSListener(id, address string, limits connLimits) *wsListener {
 	return &wsListener{
-		id: id, address: address, maxPacket: maxPacket, limits: limits,
+		id: id, address: address, limits: limits,
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// MQTT clients are not browsers sending cookies: any origin, as mochi.
@@ -98,10 +97,7 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		l.mu.Unlock()
 	}()
 	_ = conn.SetDeadline(time.Now().Add(l.limits.connectTimeout))
-	err = l.establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket, maxConnect: l.limits.maxConnect})
-	if err != nil && l.log != nil {
-		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
-	}
+	serveConn(l.id, conn, l.limits, l.establish, l.log)
 }
 
 func (l *wsListener) Serve(establish listeners.EstablishFn) {
