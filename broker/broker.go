@@ -74,8 +74,9 @@ type Broker struct {
 	// logonce.Every): once a minute per client and kind.
 	logEvery logonce.Every
 
-	malformed    prometheus.Counter // packets refused before mochi decoded them (frameGuard)
-	clientPanics prometheus.Counter // panics in mochi contained to their client (serveConn)
+	malformed       prometheus.Counter // packets refused before mochi decoded them (frameGuard)
+	reservedDropped prometheus.Counter // user properties with a reserved header name, not copied
+	clientPanics    prometheus.Counter // panics in mochi contained to their client (serveConn)
 
 	quarantined string // where a corrupt sessions.db was moved at start, or ""
 }
@@ -159,12 +160,16 @@ func New(opts Options) (*Broker, error) {
 		Name: "gateway_mqtt_malformed_packets_total",
 		Help: "Packets the gateway refused before the MQTT broker decoded them (a SUBSCRIBE or UNSUBSCRIBE that is cut short); each ended its client's connection.",
 	})
+	b.reservedDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_ingest_user_properties_dropped_total",
+		Help: "MQTT 5 user properties not copied into Kafka headers because their name is reserved for the gateway's own (gw.*, mqtt.*).",
+	})
 	b.clientPanics = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gateway_mqtt_client_panics_total",
 		Help: "Panics in the MQTT broker while reading a client's packets, contained to that client: it was disconnected, everyone else went on.",
 	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics} {
+		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}

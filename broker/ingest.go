@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -399,6 +401,13 @@ func (b *Broker) record(cl *mqtt.Client, pk packets.Packet, route *rules.Route) 
 	if n := len(p.User); n > 0 || p.ResponseTopic != "" || len(p.CorrelationData) > 0 {
 		rec.Headers = make([]buffer.Header, 0, n+2)
 		for _, u := range p.User {
+			if ReservedHeader(u.Key) {
+				// The gateway's own names: a client must never add, repeat
+				// or override them (another terminal's mqtt.client_id, a
+				// forged gw.seq breaking the idempotency key).
+				b.countReservedProperty(cl, u.Key)
+				continue
+			}
 			rec.Headers = append(rec.Headers, buffer.Header{Key: u.Key, Value: []byte(u.Val)})
 		}
 		if p.ResponseTopic != "" {
@@ -409,4 +418,21 @@ func (b *Broker) record(cl *mqtt.Client, pk packets.Packet, route *rules.Route) 
 		}
 	}
 	return rec
+}
+
+// ReservedHeader reports whether a Kafka header name belongs to the
+// gateway: every name starting with "gw." or "mqtt." (CONTRACT §4; see
+// docs/kafka-records.md). An MQTT 5 user property with such a name is not
+// copied into the record, so a record carries exactly one of each header
+// the gateway sets, and none it did not.
+func ReservedHeader(name string) bool {
+	return strings.HasPrefix(name, "gw.") || strings.HasPrefix(name, "mqtt.")
+}
+
+// countReservedProperty counts (and logs, at most once a minute per client)
+// a user property dropped for its reserved name.
+func (b *Broker) countReservedProperty(cl *mqtt.Client, name string) {
+	b.reservedDropped.Inc()
+	b.logEvery.Log(b.log, slog.LevelWarn, "reserved/"+cl.ID, "an MQTT 5 user property with a name reserved for the gateway's own headers was not copied to Kafka (see gateway_ingest_user_properties_dropped_total)",
+		"client", cl.ID, "property", name)
 }

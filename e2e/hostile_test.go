@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -112,4 +113,92 @@ func (g *gatewayProc) metricSum(name, match string) float64 {
 		return -1
 	}
 	return sum
+}
+
+// Finding 2: a terminal could speak for another. MQTT 5 user properties
+// named like the gateway's own headers (mqtt.client_id of another
+// terminal, a forged gw.id or gw.seq) were copied after the gateway's: the
+// record carried two of each, and a consumer taking the last one answered
+// the wrong terminal or broke its idempotency key. Now the record carries
+// exactly one of each gateway header, the gateway's; the client's reserved
+// names are dropped and counted; other user properties pass as before.
+func TestHostileReservedHeaderNames(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	att := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true})
+	var props []byte
+	for _, kv := range [][2]string{
+		{"mqtt.client_id", "term-2"}, {"mqtt.correlation_data", "forged"}, {"mqtt.topic", "terminals/term-2/payments/x"},
+		{"mqtt.response_topic", "terminals/term-2/receipts"}, {"gw.id", "other-gw"}, {"gw.seq", "1"}, {"gw.epoch", "0"},
+		{"gw.possible_duplicate_of", "1"}, {"shop", "42"}, {"shop", "43"},
+	} {
+		props = append(props, rawmqtt.PropUser(kv[0], kv[1])...)
+	}
+	props = append(props, 0x09, 0, 3, 'c', 'd', '1') // correlation data "cd1"
+	if err := att.Publish(1, false, 1, "terminals/term-1/payments/p1", props, []byte("pay")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := att.ReadType(4, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	recs := testkit.Consume(t, kafka.Addrs, []string{"payments"}).WaitN(t, 1, 60*time.Second)
+	got := map[string][]string{}
+	for _, h := range recs[0].Headers {
+		got[h.Key] = append(got[h.Key], string(h.Value))
+	}
+	for name, want := range map[string]string{
+		"mqtt.client_id": "term-1", "mqtt.topic": "terminals/term-1/payments/p1", "gw.id": "e2e-gw",
+		"mqtt.correlation_data": "cd1",
+	} {
+		if v := got[name]; len(v) != 1 || v[0] != want {
+			t.Errorf("header %s: %q, want exactly [%q]", name, v, want)
+		}
+	}
+	for _, name := range []string{"gw.seq", "gw.epoch"} {
+		if v := got[name]; len(v) != 1 || v[0] == "0" {
+			t.Errorf("header %s: %q, want exactly one, the gateway's", name, v)
+		}
+	}
+	for _, name := range []string{"mqtt.response_topic", "gw.possible_duplicate_of"} {
+		if v, ok := got[name]; ok {
+			t.Errorf("header %s: %q, want none (the publish carried no response topic and is no retransmission)", name, v)
+		}
+	}
+	if v := got["shop"]; len(v) != 2 || v[0] != "42" || v[1] != "43" {
+		t.Errorf("user property shop: %q, want [42 43]", v)
+	}
+	if n := g.metric("gateway_ingest_user_properties_dropped_total"); n != 8 {
+		t.Errorf("gateway_ingest_user_properties_dropped_total %v, want 8", n)
+	}
+}
+
+// Finding 2, the receipts side: 3,000 made-up device ids made 3,002 outboxes,
+// each kept for receipts.max_age. Receipts for more devices than
+// receipts.max_devices, or more than receipts.max_pending_per_device for one,
+// are dropped and counted; their offsets are committed; the devices under
+// the bounds get theirs.
+func TestHostileReceiptsForMadeUpDevices(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, receiptsTopic, "receipts.delivered", "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "receipts: {max_devices: 50, max_pending_per_device: 20}\n")
+	g.start()
+	for i := 0; i < 300; i++ {
+		produceReceipts(t, kafka.Addrs, fmt.Sprintf("fake-%03d", i), 1)
+	}
+	produceReceipts(t, kafka.Addrs, "fake-000", 40)
+	testkit.Eventually(t, 60*time.Second, func() bool {
+		return g.metricSum("gateway_receipts_dropped_total", `reason="too_many_devices"`) == 250 &&
+			g.metricSum("gateway_receipts_dropped_total", `reason="device_full"`) == 21
+	}, "dropped too_many_devices %v device_full %v, want 250 and 21",
+		g.metricSum("gateway_receipts_dropped_total", `reason="too_many_devices"`), g.metricSum("gateway_receipts_dropped_total", `reason="device_full"`))
+	if p := g.receiptsPending(); p != 50-1+20 {
+		t.Fatalf("pending %d, want %d", p, 50-1+20)
+	}
+	// a real terminal among the first 50 still gets its receipt
+	var r receiver
+	c := receiptClient(t, g.mqttAddr, "fake-001", true, &r)
+	if tok := c.Subscribe("terminals/fake-001/receipts", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return len(r.list()) == 1 }, "fake-001 got %d receipts", len(r.list()))
 }
