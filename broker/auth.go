@@ -290,7 +290,7 @@ func certCN(cl *mqtt.Client) string {
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	acl := h.acl.Load()
 	if acl == nil {
-		return true
+		return write || h.b.bounds.subscribing(cl, topic) || h.b.bounds.allowDelivery(cl, topic)
 	}
 	c := h.clientFilters(cl, acl)
 	if write {
@@ -303,7 +303,10 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	for _, f := range c.subscribe {
 		if filterWithin(topic, f) {
-			return true
+			// mochi asks the same for a subscription and for each delivery
+			// (publishToClient, before it stores anything): a delivery
+			// also needs room in the client's window.
+			return h.b.bounds.subscribing(cl, topic) || h.b.bounds.allowDelivery(cl, topic)
 		}
 	}
 	return false

@@ -57,6 +57,7 @@ type Broker struct {
 	ws     *wsListener
 	store  *sessionStore // closed after the ackers, see Close
 	limits *sessionLimits
+	bounds *boundsHook
 
 	ackers    sync.WaitGroup
 	listening atomic.Bool
@@ -98,7 +99,10 @@ func New(opts Options) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.MQTT.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(cfg.MQTT.MaxInflight)
-	caps.MaximumInflight = uint16(max(cfg.MQTT.MaxInflight, 1024))
+	// The whole in-flight map of a client: its deliveries (at most
+	// max_inflight, see boundsHook), its own QoS 2 publishes awaiting
+	// PUBREL (at most max_inflight, the receive maximum) and one receipt.
+	caps.MaximumInflight = uint16(min(2*cfg.MQTT.MaxInflight+1, 65535))
 	// Resource bounds (DESIGN invariant 12). mochi's defaults keep an
 	// 8,192-slot outbound queue per client, stored sessions included, and
 	// accept 65,535 topic aliases and sessions that never expire.
@@ -139,6 +143,7 @@ func New(opts Options) (*Broker, error) {
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
 	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}, recent: map[string]*recentIDs{}}
+	b.bounds = newBoundsHook(b, cfg, lg)
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_ingest_messages_total",
@@ -169,7 +174,7 @@ func New(opts Options) (*Broker, error) {
 		Help: "Panics in the MQTT broker while reading a client's packets, contained to that client: it was disconnected, everyone else went on.",
 	})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped} {
+		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped, b.bounds.deliveriesDropped} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -199,6 +204,10 @@ func New(opts Options) (*Broker, error) {
 		if err := b.server.AddHook(store, nil); err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
+	}
+
+	if err := b.server.AddHook(b.bounds, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 
 	b.limits = &sessionLimits{b: b, log: lg, expiry: cfg.MQTT.MaxSessionExpiry, max: cfg.MQTT.MaxSessions,
@@ -301,12 +310,27 @@ func (b *Broker) Start() error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	b.limits.restore()
+	b.bounds.beat.Store(time.Now().UnixNano())
 	b.listening.Store(true)
 	return nil
 }
 
 // Listening reports whether the MQTT listeners are serving.
 func (b *Broker) Listening() bool { return b.listening.Load() }
+
+// Ready returns nil while the broker serves: its listeners are open and
+// mochi's event loop makes progress (it ticks every second; one stuck for
+// longer than loopStall means clients are stuck too, and /readyz must say
+// so, so that the watchdog restarts the process). Otherwise why not.
+func (b *Broker) Ready() error {
+	if !b.listening.Load() {
+		return errors.New("the MQTT listeners are not serving")
+	}
+	if last, stalled := b.bounds.loopStalled(time.Now()); stalled {
+		return fmt.Errorf("the MQTT broker's event loop has made no progress since %s", last.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
 
 // Addr returns the bound address of a listener ("tcp", "tls" or "ws"); useful
 // with ":0" in tests.
@@ -362,21 +386,33 @@ func (b *Broker) countStored(route string, r buffer.Result) {
 	}
 }
 
+// closeWait bounds each wait of Close for client goroutines.
+const closeWait = 10 * time.Second
+
 // Close stops the listeners, disconnects clients and waits for the ackers to
 // finish. The buffer is closed by its owner afterwards. Safe to call twice.
 func (b *Broker) Close() error {
 	var err error
 	b.closeOnce.Do(func() {
 		b.listening.Store(false)
-		err = b.server.Close()
+		// mochi's Close waits for every client goroutine; one that never
+		// returns (a client wedged in mochi) must not hold shutdown, and
+		// with it the buffer's last commit, forever.
+		closed := make(chan struct{})
+		go func() { b.server.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(closeWait):
+			b.log.Error("broker: some MQTT clients did not end within the shutdown bound; going on without them", "waited", closeWait)
+		}
 		// mochi ends every client (and so every acker) on Close; the bound
 		// only guards against a client goroutine that never returns.
 		waited := make(chan struct{})
 		go func() { b.ackers.Wait(); close(waited) }()
 		select {
 		case <-waited:
-		case <-time.After(10 * time.Second):
-			b.log.Warn("broker: some client ackers did not finish within 10s")
+		case <-time.After(closeWait):
+			b.log.Warn("broker: some client ackers did not finish within the shutdown bound", "waited", closeWait)
 		}
 		err = errors.Join(err, b.limits.close())
 		if b.store != nil {

@@ -202,3 +202,79 @@ func TestHostileReceiptsForMadeUpDevices(t *testing.T) {
 	}
 	testkit.Eventually(t, 30*time.Second, func() bool { return len(r.list()) == 1 }, "fake-001 got %d receipts", len(r.list()))
 }
+
+// Finding 3: a terminal subscribed to its own topic at QoS 1, never
+// acknowledging deliveries and publishing on, wedged its session inside
+// mochi (a read lock taken twice in Inflight.NextImmediate against the
+// acker's Inflight.Set): its publishes stopped, every later CONNECT with its
+// id hung, /readyz stayed 200 and SIGTERM did nothing. Now its deliveries
+// stop at its window (counted), its publishes keep being acknowledged, it
+// can reconnect, /readyz stays honest and the gateway stops at once.
+func TestHostileUnackedOwnSubscriptionNeverWedges(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	att := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true,
+		Properties: rawmqtt.PropUint16(0x21, 1000)}) // receive maximum 1000
+	if err := att.Subscribe(1, 1, "terminals/term-1/telemetry/#"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := att.ReadType(9, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	acks := make(chan uint16, 1024)
+	go func() {
+		for {
+			typ, body, err := att.Read(time.Minute)
+			if err != nil {
+				close(acks)
+				return
+			}
+			if typ == 4 && len(body) >= 2 { // PUBACKs of its publishes; deliveries are never acknowledged
+				acks <- binary.BigEndian.Uint16(body)
+			}
+		}
+	}()
+	outstanding, sent, acked := 0, 0, 0
+	end := time.Now().Add(12 * time.Second)
+	for time.Now().Before(end) {
+		for outstanding < 32 {
+			sent++
+			if err := att.Publish(1, false, uint16(sent%60000+1), "terminals/term-1/telemetry/x", nil, []byte("t")); err != nil {
+				t.Fatalf("publish %d: %v (acked %d)", sent, err, acked)
+			}
+			outstanding++
+		}
+		select {
+		case _, ok := <-acks:
+			if !ok {
+				t.Fatalf("connection ended after %d acknowledged", acked)
+			}
+			outstanding--
+			acked++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the session stopped moving: %d sent, %d acknowledged, none for 5s", sent, acked)
+		}
+	}
+	t.Logf("%d publishes acknowledged in 12s", acked)
+	if n := g.metricSum("gateway_mqtt_deliveries_dropped_total", `reason="inflight_full"`); n <= 0 {
+		t.Errorf("no delivery dropped for the full window (%v)", n)
+	}
+	// the same id logs in again (a takeover), at once
+	again, err := rawmqtt.Connect(g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("reconnect as term-1: %v", err)
+	}
+	again.Close()
+	resp, err := http.Get("http://" + g.admin + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	g.alive(t, "term-3")
+	start := time.Now()
+	if code := g.stop(); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	t.Logf("stopped in %v", time.Since(start))
+}
