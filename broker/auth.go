@@ -128,6 +128,7 @@ var (
 	refuseLogin    = [2]packets.Code{packets.ErrBadUsernameOrPassword, packets.Err3NotAuthorized} // 3.1.1 code 5, as mochi maps it
 	refuseNotAuth  = [2]packets.Code{packets.ErrNotAuthorized, packets.Err3NotAuthorized}
 	refuseBusy     = [2]packets.Code{packets.ErrConnectionRateExceeded, packets.Err3ServerUnavailable}
+	refuseTopic    = [2]packets.Code{packets.ErrTopicNameInvalid, packets.Err3NotAuthorized}
 )
 
 // refuse answers CONNECT with the code for the client's protocol version and
@@ -197,6 +198,9 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if pk.Connect.WillFlag {
+		if t := pk.Connect.WillTopic; topicTooLong(t, h.b.bounds.bounds) || topicTooDeep(t, h.b.bounds.bounds) {
+			return h.refuse(cl, refuseTopic, "will_topic_invalid")
+		}
 		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.OnACLCheck(cl, pk.Connect.WillTopic, true)
 		// mochi may end the connection before OnDisconnect runs (a failed
 		// CONNACK write): keep nothing keyed by cl from here; the ACL is

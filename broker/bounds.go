@@ -47,6 +47,7 @@ type boundsHook struct {
 	stall time.Duration // loopStall; shorter in tests
 
 	deliveriesDropped *prometheus.CounterVec
+	subsRefused       *prometheus.CounterVec
 }
 
 // clientBounds is what the bounds hook keeps per connection.
@@ -55,6 +56,11 @@ type clientBounds struct {
 	// that the ACL check mochi makes for each is told from the one it makes
 	// for a delivery (see authHook.OnACLCheck).
 	subscribing atomic.Pointer[map[string]bool]
+
+	mu sync.Mutex
+	// suback: reason codes to put into the SUBACK of a packet id, by
+	// filter index (0: mochi's own), for filters refused in OnSubscribe.
+	suback map[uint16][]byte
 }
 
 // loopStall is how long mochi's event loop may go without a tick (it ticks
@@ -68,6 +74,10 @@ func newBoundsHook(b *Broker, cfg *config.Config, log *slog.Logger) *boundsHook 
 		Name: "gateway_mqtt_deliveries_dropped_total",
 		Help: "Deliveries to local subscribers dropped for that subscriber only, by reason (inflight_full: it has mqtt.max_inflight, or its receive maximum, unacknowledged).",
 	}, []string{"reason"})
+	h.subsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gateway_mqtt_subscriptions_refused_total",
+		Help: "Subscriptions refused in SUBACK by the gateway's bounds, by reason (topic_too_long, topic_too_deep, too_many).",
+	}, []string{"reason"})
 	return h
 }
 
@@ -75,7 +85,8 @@ func (h *boundsHook) ID() string { return "gateway-bounds" }
 
 func (h *boundsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablished, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnDisconnect, mqtt.OnSysInfoTick:
+	case mqtt.OnSessionEstablished, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnDisconnect,
+		mqtt.OnSysInfoTick, mqtt.OnPacketEncode:
 		return true
 	}
 	return false
@@ -101,15 +112,119 @@ func (h *boundsHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.clients.Delete(cl)
 }
 
-// OnSubscribe notes the filters mochi is about to check (see
-// clientBounds.subscribing).
+// OnSubscribe refuses filters beyond the bounds before mochi's topic tree
+// sees them (its cost grows with the square of a filter's depth, under a
+// lock every client shares): too long or too deep (0x8F topic filter
+// invalid), or one subscription more than mqtt.max_subscriptions_per_client
+// (0x97 quota exceeded). mochi refuses an empty filter as invalid without
+// touching its tree, so a refused filter is emptied here and its reason
+// code put into the SUBACK by OnPacketEncode. It also notes the filters
+// mochi is about to check (see clientBounds.subscribing).
 func (h *boundsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	st := h.state(cl)
 	filters := make(map[string]bool, len(pk.Filters))
-	for _, f := range pk.Filters {
-		filters[f.Filter] = true
+	var codes []byte
+	held := cl.State.Subscriptions.Len()
+	fs := make(packets.Subscriptions, len(pk.Filters))
+	copy(fs, pk.Filters)
+	for i, f := range fs {
+		code, reason := byte(0), ""
+		switch {
+		case topicTooLong(f.Filter, h.bounds):
+			code, reason = packets.ErrTopicFilterInvalid.Code, "topic_too_long"
+		case topicTooDeep(f.Filter, h.bounds):
+			code, reason = packets.ErrTopicFilterInvalid.Code, "topic_too_deep"
+		default:
+			if _, again := cl.State.Subscriptions.Get(f.Filter); !again && !filters[f.Filter] {
+				if held >= h.bounds.MaxSubscriptions {
+					code, reason = packets.ErrQuotaExceeded.Code, "too_many"
+				} else {
+					held++
+				}
+			}
+		}
+		if code == 0 {
+			filters[f.Filter] = true
+			continue
+		}
+		h.subsRefused.WithLabelValues(reason).Inc()
+		h.b.logEvery.Log(h.log, slog.LevelWarn, "subscribe/"+reason+"/"+cl.ID, "a subscription beyond the gateway's bounds was refused (see gateway_mqtt_subscriptions_refused_total)",
+			"client", cl.ID, "reason", reason, "filter_bytes", len(f.Filter))
+		if codes == nil {
+			codes = make([]byte, len(fs))
+		}
+		codes[i] = code
+		fs[i].Filter = "" // mochi: invalid, refused without touching its tree
 	}
-	h.state(cl).subscribing.Store(&filters)
+	pk.Filters = fs
+	st.subscribing.Store(&filters)
+	if codes != nil {
+		st.mu.Lock()
+		if st.suback == nil {
+			st.suback = map[uint16][]byte{}
+		}
+		st.suback[pk.PacketID] = codes
+		st.mu.Unlock()
+	}
 	return pk
+}
+
+// OnUnsubscribe empties filters beyond the length and depth bounds (no
+// subscription can have them): mochi answers 0x11 (no subscription
+// existed) without walking its tree down them.
+func (h *boundsHook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	var fs packets.Subscriptions
+	for i, f := range pk.Filters {
+		if topicTooLong(f.Filter, h.bounds) || topicTooDeep(f.Filter, h.bounds) {
+			if fs == nil {
+				fs = make(packets.Subscriptions, len(pk.Filters))
+				copy(fs, pk.Filters)
+			}
+			fs[i].Filter = ""
+		}
+	}
+	if fs != nil {
+		pk.Filters = fs
+	}
+	return pk
+}
+
+// OnPacketEncode puts the reason codes of filters refused in OnSubscribe
+// into their SUBACK (MQTT 3.1.1: mochi already made every refusal 0x80).
+func (h *boundsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Suback {
+		return pk
+	}
+	v, ok := h.clients.Load(cl)
+	if !ok {
+		return pk
+	}
+	st := v.(*clientBounds)
+	st.mu.Lock()
+	codes, ok := st.suback[pk.PacketID]
+	delete(st.suback, pk.PacketID)
+	st.mu.Unlock()
+	if !ok || cl.Properties.ProtocolVersion < 5 || len(codes) != len(pk.ReasonCodes) {
+		return pk
+	}
+	rc := append([]byte(nil), pk.ReasonCodes...)
+	for i, c := range codes {
+		if c != 0 {
+			rc[i] = c
+		}
+	}
+	pk.ReasonCodes = rc
+	return pk
+}
+
+// topicTooLong and topicTooDeep apply mqtt.max_topic_length and
+// mqtt.max_topic_levels to a topic name or filter.
+func topicTooLong(topic string, b config.Bounds) bool {
+	return b.MaxTopicLength > 0 && len(topic) > b.MaxTopicLength
+}
+
+func topicTooDeep(topic string, b config.Bounds) bool {
+	return b.MaxTopicLevels > 0 && strings.Count(topic, "/")+1 > b.MaxTopicLevels
 }
 
 func (h *boundsHook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {

@@ -2,7 +2,9 @@ package broker
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -222,4 +224,128 @@ func TestReadyFollowsTheEventLoop(t *testing.T) {
 	t.Log(e.brk.Ready())
 	close(h.hold)
 	testkit.Eventually(t, 10*time.Second, func() bool { return e.brk.Ready() == nil }, "Ready after the event loop moved again")
+}
+
+// A publish whose topic is beyond mqtt.max_topic_length or max_topic_levels
+// is refused before anything walks it: MQTT 5 PUBACK 0x90, QoS 0 dropped,
+// 3.1.1 disconnected; nothing is stored; counted.
+func TestPublishTopicBounds(t *testing.T) {
+	e := start(t, "", "acl: {subscribe: ['#'], publish: ['#']}\n", buffer.Options{},
+		"GATEWAY_MQTT_MAX_TOPIC_LENGTH=64", "GATEWAY_MQTT_MAX_TOPIC_LEVELS=6")
+	long := "terminals/t5/payments/" + strings.Repeat("x", 60)
+	deep := "terminals/t5/payments/a/b/c/d"
+	c := dialRaw(t, e.addr, 5, "t5", true)
+	for i, topic := range []string{long, deep} {
+		c.publish(1, uint16(i+1), false, topic, []byte("pay"))
+		if pid, code := c.expectPuback(); pid != uint16(i+1) || code != 0x90 {
+			t.Fatalf("%q: PUBACK %d %#x, want 0x90", topic, pid, code)
+		}
+		c.publish(0, 0, false, topic, []byte("pay"))
+	}
+	c.publish(1, 9, false, "terminals/t5/payments/ok", []byte("pay"))
+	if pid, code := c.expectPuback(); pid != 9 || code != 0 {
+		t.Fatalf("a publish within the bounds: PUBACK %d %#x", pid, code)
+	}
+	if n := total(e.buf); n != 1 {
+		t.Fatalf("%d stored, want 1", n)
+	}
+	for _, reason := range []string{"topic_too_long", "topic_too_deep"} {
+		if n := testutil.ToFloat64(e.brk.refused.WithLabelValues("", reason)); n != 2 {
+			t.Errorf("refused %s: %v, want 2", reason, n)
+		}
+	}
+	v3 := dialRaw(t, e.addr, 4, "t3", true)
+	v3.publish(1, 1, false, long, []byte("pay"))
+	v3.expectClosed()
+
+	// a will beyond them is refused at CONNECT
+	_, err := rawmqtt.Connect(e.addr, rawmqtt.Options{ClientID: "t6", Clean: true, Will: &rawmqtt.Will{Topic: long, Payload: []byte("gone")}})
+	if !errors.Is(err, rawmqtt.ErrRefused) || !strings.Contains(err.Error(), "0x90") {
+		t.Fatalf("will beyond the bounds: %v, want refused 0x90", err)
+	}
+}
+
+// SUBSCRIBE: filters beyond the length and depth bounds are refused with
+// 0x8F, the one beyond mqtt.max_subscriptions_per_client with 0x97, each
+// alone: the others of the same packet are granted; nothing refused reaches
+// mochi's topic tree; subscribing again to a held filter costs nothing;
+// MQTT 3.1.1 gets 0x80.
+func TestSubscriptionBounds(t *testing.T) {
+	e := start(t, "", "acl: {subscribe: ['#'], publish: ['#']}\n", buffer.Options{},
+		"GATEWAY_MQTT_MAX_TOPIC_LENGTH=64", "GATEWAY_MQTT_MAX_TOPIC_LEVELS=6", "GATEWAY_MQTT_MAX_SUBSCRIPTIONS_PER_CLIENT=3")
+	long := "a/" + strings.Repeat("x", 70)
+	deep := "a/b/c/d/e/f/g"
+	for _, v := range []byte{5, 4} {
+		id := fmt.Sprint("s", v)
+		c, err := rawmqtt.Connect(e.addr, rawmqtt.Options{Version: v, ClientID: id, Clean: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		subscribe := func(pid uint16, filters ...string) []byte {
+			t.Helper()
+			if err := c.Subscribe(pid, 1, filters...); err != nil {
+				t.Fatal(err)
+			}
+			body, err := c.ReadType(9, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v == 5 {
+				return body[3:] // packet id, no properties
+			}
+			return body[2:]
+		}
+		bad, full := byte(0x8F), byte(0x97)
+		if v == 4 {
+			bad, full = 0x80, 0x80
+		}
+		got := subscribe(1, "a/1", long, deep, "a/2")
+		if want := []byte{1, bad, bad, 1}; string(got) != string(want) {
+			t.Fatalf("v%d SUBACK %x, want %x", v, got, want)
+		}
+		got = subscribe(2, "a/1", "a/3", "a/4", "a/2")
+		if want := []byte{1, 1, full, 1}; string(got) != string(want) {
+			t.Fatalf("v%d second SUBACK %x, want %x", v, got, want)
+		}
+		cl := clientOf(e.brk, id)
+		if n := cl.State.Subscriptions.Len(); n != 3 {
+			t.Fatalf("v%d: %d subscriptions held, want 3", v, n)
+		}
+		for _, f := range []string{long, deep, "a/4"} {
+			if len(e.brk.server.Topics.Subscribers(strings.ReplaceAll(f, "+", "x")).Subscriptions) != 0 {
+				t.Fatalf("refused filter %q reached the topic tree", f)
+			}
+		}
+		// UNSUBSCRIBE of a filter beyond the bounds: no subscription existed
+		unsub := binary.BigEndian.AppendUint16(nil, 3)
+		if v == 5 {
+			unsub = append(unsub, 0)
+		}
+		unsub = rawmqtt.AppendString(unsub, deep)
+		if err := c.Send(0xA2, unsub); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.ReadType(11, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testutil.ToFloat64(e.brk.bounds.subsRefused.WithLabelValues("too_many")); n != 2 {
+		t.Errorf("too_many refusals %v, want 2", n)
+	}
+}
+
+// A key too long for bbolt never reaches a commit: the session file keeps
+// working for everyone else.
+func TestSessionStoreSkipsOversizeKeys(t *testing.T) {
+	e := start(t, "", "", buffer.Options{})
+	s := e.brk.store
+	s.put("RET_"+strings.Repeat("x", 40000), []byte("v"))
+	s.put("RET_ok", []byte("v"))
+	if err := s.flush(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if got := s.withPrefix("RET_"); len(got) != 1 || got["ok"] == nil {
+		t.Fatalf("stored %d retained keys, want only RET_ok", len(got))
+	}
 }

@@ -123,9 +123,28 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 
 	b := h.b
+	// Before anything walks the topic (mochi's tree costs the square of its
+	// depth): a topic beyond mqtt.max_topic_length or max_topic_levels is
+	// refused, 0x90 for MQTT 5 (3.1.1: disconnected).
+	var bound string
+	switch {
+	case topicTooLong(pk.TopicName, b.bounds.bounds):
+		bound = "topic_too_long"
+	case topicTooDeep(pk.TopicName, b.bounds.bounds):
+		bound = "topic_too_deep"
+	}
+	if bound != "" {
+		b.countRefused("", bound)
+		if pk.FixedHeader.Qos == 0 {
+			return pk, packets.ErrRejectPacket
+		}
+	}
 	route := b.rules().Match(pk.TopicName)
+	if bound != "" {
+		route = nil
+	}
 	unrouted := route == nil
-	local := unrouted && b.rules().Unrouted == "local"
+	local := unrouted && b.rules().Unrouted == "local" && bound == ""
 
 	if pk.FixedHeader.Qos == 0 {
 		switch {
@@ -149,7 +168,7 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	st := h.state(cl)
 	st.slots <- struct{}{} // waits while this client has max_inflight unacknowledged
 	f := newInflight(pk.PacketID, pk.FixedHeader.Qos)
-	if b.needsMochi(pk) {
+	if bound == "" && b.needsMochi(pk) {
 		keep := pk
 		f.pk = &keep
 	}
@@ -157,7 +176,9 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	case local:
 		f.result <- buffer.Result{}
 	case unrouted:
-		b.countRefused("", "unrouted")
+		if bound == "" {
+			b.countRefused("", "unrouted")
+		}
 		f.code = packets.ErrTopicNameInvalid
 		f.result <- buffer.Result{}
 	default:

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -277,4 +278,118 @@ func TestHostileUnackedOwnSubscriptionNeverWedges(t *testing.T) {
 		t.Errorf("exit code %d", code)
 	}
 	t.Logf("stopped in %v", time.Since(start))
+}
+
+// subscribe sends one SUBSCRIBE and returns the SUBACK's reason codes.
+func subscribeCodes(t *testing.T, c *rawmqtt.Conn, pid uint16, timeout time.Duration, filters ...string) []byte {
+	t.Helper()
+	if err := c.Subscribe(pid, 1, filters...); err != nil {
+		t.Fatal(err)
+	}
+	body, err := c.ReadType(9, timeout)
+	if err != nil {
+		t.Fatalf("SUBACK %d: %v", pid, err)
+	}
+	return body[3:] // packet id, empty properties
+}
+
+// Finding 5: a deep filter cost the broker time growing with the square of
+// its depth under a lock every client shares; one 256 KiB SUBSCRIBE of 4 x
+// 65,000 levels took over 80 s of CPU while another terminal's SUBSCRIBE
+// waited. Now such filters are refused (0x8F) before mochi's topic tree
+// sees them, and the bystander's SUBSCRIBE is answered as usual.
+func TestHostileDeepFilters(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	att := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true})
+	by := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-2", Clean: true})
+	deep := "terminals/term-1/" + strings.Repeat("/", 65000)
+	start := time.Now()
+	codes := subscribeCodes(t, att, 1, 60*time.Second, deep, deep+"a", deep+"b", deep+"c")
+	t.Logf("SUBACK for 4 x 65,000 levels after %v", time.Since(start))
+	for i, c := range codes {
+		if c != 0x8F {
+			t.Errorf("filter %d: SUBACK %#x, want 0x8F (topic filter invalid)", i, c)
+		}
+	}
+	start = time.Now()
+	if c := subscribeCodes(t, by, 1, 60*time.Second, "terminals/term-2/receipts"); len(c) != 1 || c[0] != 1 {
+		t.Fatalf("bystander's SUBACK %x", c)
+	}
+	t.Logf("bystander's SUBACK after %v", time.Since(start))
+	if n := g.metricSum("gateway_mqtt_subscriptions_refused_total", ""); n != 4 {
+		t.Errorf("subscriptions refused %v, want 4", n)
+	}
+}
+
+// Finding 8 (subscriptions): 40,000 subscriptions in one session held 177
+// MB. Now the 101st is refused (0x97 quota exceeded) and the client keeps
+// the 100 it has.
+func TestHostileSubscriptionFlood(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	att := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true})
+	granted, refused := 0, 0
+	for batch := 0; batch < 100; batch++ { // 100 x 400 = 40,000 filters
+		filters := make([]string, 400)
+		for i := range filters {
+			filters[i] = fmt.Sprintf("terminals/term-1/s/%d/%d", batch, i)
+		}
+		for _, c := range subscribeCodes(t, att, uint16(batch+1), 30*time.Second, filters...) {
+			switch c {
+			case 1:
+				granted++
+			case 0x97:
+				refused++
+			default:
+				t.Fatalf("SUBACK code %#x", c)
+			}
+		}
+	}
+	if granted != 100 || refused != 39900 {
+		t.Fatalf("%d granted, %d refused; want 100 and 39,900", granted, refused)
+	}
+	if n := g.metricSum("gateway_mqtt_subscriptions_refused_total", `reason="too_many"`); n != 39900 {
+		t.Errorf("too_many refusals %v", n)
+	}
+	g.alive(t, "term-3")
+}
+
+// Finding 6: a retained publish with a 40 KB topic made a sessions.db key
+// longer than bbolt allows; every later commit failed and other terminals'
+// persistent sessions were lost across a restart. Now the topic is refused
+// (0x90) and another terminal's persistent session survives a restart.
+func TestHostileLongRetainedTopicKeepsOthersSessions(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	att := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true})
+	long := "terminals/term-1/telemetry/" + strings.Repeat("x", 40000)
+	if err := att.Publish(1, true, 1, long, nil, []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	body, err := att.ReadType(4, 20*time.Second)
+	if err != nil || len(body) < 3 || body[2] != 0x90 {
+		t.Fatalf("retained publish with a 40 KB topic: PUBACK %x %v, want reason 0x90", body, err)
+	}
+	// term-2 makes a persistent session and subscribes
+	exp := rawmqtt.PropUint32(0x11, 3600)
+	c2 := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-2", Properties: exp})
+	if c := subscribeCodes(t, c2, 1, 10*time.Second, "terminals/term-2/receipts"); c[0] != 1 {
+		t.Fatalf("SUBACK %x", c)
+	}
+	c2.Close() // a new session and a subscription are committed before CONNACK and SUBACK
+	if code := g.stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if strings.Contains(g.logs.String(), "key too large") {
+		t.Errorf("the session store logged a key too large")
+	}
+	g.start()
+	c2 = rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-2", Properties: exp})
+	if c2.Connack[0]&1 != 1 {
+		t.Fatalf("term-2's session was lost across the restart (CONNACK %x)", c2.Connack)
+	}
 }
