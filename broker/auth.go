@@ -198,8 +198,18 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if pk.Connect.WillFlag {
-		if t := pk.Connect.WillTopic; topicTooLong(t, h.b.bounds.bounds) || topicTooDeep(t, h.b.bounds.bounds) {
+		t := pk.Connect.WillTopic
+		switch rs := h.b.rules(); {
+		case topicTooLong(t, h.b.bounds.bounds) || topicTooDeep(t, h.b.bounds.bounds):
 			return h.refuse(cl, refuseTopic, "will_topic_invalid")
+		case h.b.isReceiptsTopic(t):
+			// only the gateway publishes there: a will would be taken for
+			// a receipt (a retained one, for good)
+			return h.refuse(cl, refuseNotAuth, "will_denied")
+		case rs.Match(t) == nil && rs.Unrouted != "local":
+			// a publish there would be refused (unrouted: reject): so is
+			// a will, at CONNECT, where the terminal hears of it
+			return h.refuse(cl, refuseTopic, "will_unrouted")
 		}
 		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.OnACLCheck(cl, pk.Connect.WillTopic, true)
 		// mochi may end the connection before OnDisconnect runs (a failed

@@ -86,7 +86,7 @@ func (h *boundsHook) ID() string { return "gateway-bounds" }
 func (h *boundsHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablished, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnDisconnect,
-		mqtt.OnSysInfoTick, mqtt.OnPacketEncode:
+		mqtt.OnSysInfoTick, mqtt.OnPacketEncode, mqtt.OnRetainMessage, mqtt.OnRetainedExpired, mqtt.OnWill:
 		return true
 	}
 	return false

@@ -59,6 +59,9 @@ type Broker struct {
 	limits *sessionLimits
 	bounds *boundsHook
 
+	retained       *retainedBook // retained messages per client and in total
+	receiptsFilter []string      // receipts.mqtt_topic for any device, split in levels
+
 	ackers    sync.WaitGroup
 	listening atomic.Bool
 	closeOnce sync.Once
@@ -144,6 +147,8 @@ func New(opts Options) (*Broker, error) {
 	b.ingest = &ingestHook{b: b}
 	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}, recent: map[string]*recentIDs{}}
 	b.bounds = newBoundsHook(b, cfg, lg)
+	b.retained = newRetainedBook(cfg.MQTT.Bounds)
+	b.receiptsFilter = receiptsFilterOf(cfg)
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_ingest_messages_total",
@@ -173,8 +178,16 @@ func New(opts Options) (*Broker, error) {
 		Name: "gateway_mqtt_client_panics_total",
 		Help: "Panics in the MQTT broker while reading a client's packets, contained to that client: it was disconnected, everyone else went on.",
 	})
+	retainedCount := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gateway_mqtt_retained_messages",
+		Help: "Retained messages clients set and the broker holds (bounded by mqtt.max_retained_messages).",
+	}, func() float64 { n, _ := b.retained.usage(); return float64(n) })
+	retainedBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gateway_mqtt_retained_bytes",
+		Help: "Their bytes: topic, payload and properties (bounded by mqtt.max_retained_bytes).",
+	}, func() float64 { _, n := b.retained.usage(); return float64(n) })
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped, b.bounds.deliveriesDropped, b.bounds.subsRefused} {
+		for _, c := range []prometheus.Collector{retainedCount, retainedBytes, b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped, b.bounds.deliveriesDropped, b.bounds.subsRefused} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -310,6 +323,7 @@ func (b *Broker) Start() error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	b.limits.restore()
+	b.loadRetained()
 	b.bounds.beat.Store(time.Now().UnixNano())
 	b.listening.Store(true)
 	return nil

@@ -55,6 +55,8 @@ type inflight struct {
 	qos    byte
 	pk     *packets.Packet // only for a publish mochi must see again (see needsMochi)
 	route  string
+	topic  string // for a retained publish refused late (see resyncRetained)
+	retain bool
 	result chan buffer.Result  // filled once by the buffer (or at once for local/refused)
 	code   packets.Code        // set: refuse with this code, nothing was stored
 	app    buffer.Append       // what was handed to the buffer (one allocation with the rest)
@@ -145,6 +147,26 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	unrouted := route == nil
 	local := unrouted && b.rules().Unrouted == "local" && bound == ""
+	// A retained publish that will be taken: the retained bounds, counted
+	// now (see retainedBook); a receipts topic is the gateway's alone.
+	var retainRefused packets.Code
+	if pk.FixedHeader.Retain && bound == "" && (local || !unrouted) {
+		switch {
+		case b.isReceiptsTopic(pk.TopicName):
+			b.countRefused(routeName(route), "receipts_topic")
+			retainRefused = packets.ErrNotAuthorized
+		default:
+			if why := b.retained.take(pk.TopicName, cl.ID, retainedSize(&pk), len(pk.Payload) == 0); why != "" {
+				b.countRefused(routeName(route), why)
+				b.logEvery.Log(b.log, slog.LevelWarn, "retained/"+cl.ID, "a retained publish beyond the retained bounds was refused (see gateway_ingest_refused_total)",
+					"client", cl.ID, "bound", why)
+				retainRefused = packets.ErrQuotaExceeded
+			}
+		}
+		if retainRefused.Code != 0 && pk.FixedHeader.Qos == 0 {
+			return pk, packets.ErrRejectPacket
+		}
+	}
 
 	if pk.FixedHeader.Qos == 0 {
 		switch {
@@ -168,11 +190,15 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	st := h.state(cl)
 	st.slots <- struct{}{} // waits while this client has max_inflight unacknowledged
 	f := newInflight(pk.PacketID, pk.FixedHeader.Qos)
-	if bound == "" && b.needsMochi(pk) {
+	if bound == "" && retainRefused.Code == 0 && b.needsMochi(pk) {
 		keep := pk
 		f.pk = &keep
 	}
+	f.topic, f.retain = pk.TopicName, pk.FixedHeader.Retain
 	switch {
+	case retainRefused.Code != 0:
+		f.code = retainRefused
+		f.result <- buffer.Result{}
 	case local:
 		f.result <- buffer.Result{}
 	case unrouted:
@@ -304,6 +330,9 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 		default:
 			flush()
 			r = <-f.result
+		}
+		if f.retain && (f.code.Code != 0 || r.Err != nil) {
+			b.resyncRetained(f.topic) // counted in OnPublish, never retained
 		}
 		switch {
 		case f.code.Code != 0:
@@ -456,4 +485,11 @@ func (b *Broker) countReservedProperty(cl *mqtt.Client, name string) {
 	b.reservedDropped.Inc()
 	b.logEvery.Log(b.log, slog.LevelWarn, "reserved/"+cl.ID, "an MQTT 5 user property with a name reserved for the gateway's own headers was not copied to Kafka (see gateway_ingest_user_properties_dropped_total)",
 		"client", cl.ID, "property", name)
+}
+
+func routeName(r *rules.Route) string {
+	if r == nil {
+		return ""
+	}
+	return r.Name
 }

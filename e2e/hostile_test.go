@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -392,4 +396,83 @@ func TestHostileLongRetainedTopicKeepsOthersSessions(t *testing.T) {
 	if c2.Connack[0]&1 != 1 {
 		t.Fatalf("term-2's session was lost across the restart (CONNACK %x)", c2.Connack)
 	}
+}
+
+// Finding 4: 150 retained messages of 240 KB on a terminal's own topics took
+// RSS from 26 to 217 MB and sessions.db to 58 MB, and came back after every
+// restart. Now a terminal holds at most mqtt.max_retained_bytes_per_client
+// (1 MiB): the rest is refused (0x97), counted, and after a restart the
+// file and the memory hold no more than that.
+func TestHostileRetainedFlood(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	att := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true})
+	payload := bytes.Repeat([]byte("r"), 240_000)
+	taken, refused := 0, 0
+	for i := 0; i < 150; i++ {
+		if err := att.Publish(1, true, uint16(i+1), fmt.Sprintf("terminals/term-1/telemetry/r%d", i), nil, payload); err != nil {
+			t.Fatal(err)
+		}
+		body, err := att.ReadType(4, 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case len(body) == 2 || body[2] == 0:
+			taken++
+		case body[2] == 0x97:
+			refused++
+		default:
+			t.Fatalf("PUBACK %x", body)
+		}
+	}
+	if taken != 4 || refused != 146 {
+		t.Fatalf("%d retained, %d refused; want 4 and 146 (1 MiB per client)", taken, refused)
+	}
+	if n := g.metricSum("gateway_ingest_refused_total", `reason="retained_bytes"`); n != 146 {
+		t.Errorf("refused retained_bytes %v, want 146", n)
+	}
+	att.Close()
+	g.stop()
+	st, err := os.Stat(filepath.Join(g.dir, "data", "sessions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sessions.db %d bytes", st.Size())
+	if st.Size() > 8<<20 {
+		t.Errorf("sessions.db is %d bytes after 1 MiB of retained messages", st.Size())
+	}
+	g.start()
+	if n := g.metric("gateway_mqtt_retained_messages"); n != 4 {
+		t.Errorf("gateway_mqtt_retained_messages %v after the restart, want 4", n)
+	}
+	g.alive(t, "term-3")
+}
+
+// Finding 11 (retained will): a retained will on a terminal's own receipts
+// topic planted a "receipt" the terminal could not clear. Now such a will
+// is refused at CONNECT (0x87), and so is a will on a topic where a publish
+// would be refused (unrouted: reject).
+func TestHostileRetainedWillOnReceiptsTopic(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	for _, c := range []struct {
+		topic string
+		code  byte
+	}{
+		{"terminals/term-1/receipts", 0x87},
+		{"terminals/term-1/status", 0x90},
+	} {
+		_, err := rawmqtt.Connect(g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true,
+			Will: &rawmqtt.Will{Topic: c.topic, Payload: []byte(`{"approved":true}`), Retain: true, QoS: 1}})
+		if !errors.Is(err, rawmqtt.ErrRefused) || !strings.Contains(err.Error(), fmt.Sprintf("%#x", c.code)) {
+			t.Fatalf("retained will on %s: %v, want refused %#x", c.topic, err, c.code)
+		}
+	}
+	// a will on a routed topic is taken
+	c := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true,
+		Will: &rawmqtt.Will{Topic: "terminals/term-1/telemetry/presence", Payload: []byte("offline"), Retain: true, QoS: 1}})
+	c.Close()
 }
