@@ -129,6 +129,7 @@ var (
 	refuseNotAuth  = [2]packets.Code{packets.ErrNotAuthorized, packets.Err3NotAuthorized}
 	refuseBusy     = [2]packets.Code{packets.ErrConnectionRateExceeded, packets.Err3ServerUnavailable}
 	refuseTopic    = [2]packets.Code{packets.ErrTopicNameInvalid, packets.Err3NotAuthorized}
+	refuseProtocol = [2]packets.Code{packets.ErrProtocolViolation, packets.Err3ServerUnavailable} // MQTT 5 only
 )
 
 // refuse answers CONNECT with the code for the client's protocol version and
@@ -148,6 +149,10 @@ func (h *authHook) refuse(cl *mqtt.Client, codes [2]packets.Code, why string) er
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if g := guardOf(cl); g != nil {
 		g.client.Store(cl)
+		if why := g.protocolError(); why != "" {
+			// MQTT 5 3.1.2.11: mochi v2.7.9 accepts these
+			return h.refuse(cl, refuseProtocol, why)
+		}
 	}
 	if len(pk.Connect.ClientIdentifier) > h.maxClientID {
 		return h.refuse(cl, refuseClientID, "client_id_too_long")

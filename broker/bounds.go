@@ -85,7 +85,7 @@ func (h *boundsHook) ID() string { return "gateway-bounds" }
 
 func (h *boundsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablished, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnDisconnect,
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnDisconnect,
 		mqtt.OnSysInfoTick, mqtt.OnPacketEncode, mqtt.OnRetainMessage, mqtt.OnRetainedExpired, mqtt.OnWill:
 		return true
 	}
@@ -106,6 +106,14 @@ func (h *boundsHook) state(cl *mqtt.Client) *clientBounds {
 // the client's read loop starts, the only caller of NextImmediate.
 func (h *boundsHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	cl.State.Inflight.ResetSendQuota(0)
+}
+
+// OnSessionEstablish: the login is accepted (mochi sends CONNACK next): the
+// connection no longer counts among those not logged in.
+func (h *boundsHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if g := guardOf(cl); g != nil {
+		g.slot.release()
+	}
 }
 
 func (h *boundsHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {

@@ -60,6 +60,7 @@ type Broker struct {
 	bounds *boundsHook
 
 	retained       *retainedBook // retained messages per client and in total
+	pending        *pendingConns // connections not logged in yet
 	receiptsFilter []string      // receipts.mqtt_topic for any device, split in levels
 
 	ackers    sync.WaitGroup
@@ -148,6 +149,7 @@ func New(opts Options) (*Broker, error) {
 	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}, recent: map[string]*recentIDs{}}
 	b.bounds = newBoundsHook(b, cfg, lg)
 	b.retained = newRetainedBook(cfg.MQTT.Bounds)
+	b.pending = newPendingConns(cfg.MQTT.Bounds.MaxPending, cfg.MQTT.Bounds.MaxPendingPerAddress)
 	b.receiptsFilter = receiptsFilterOf(cfg)
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -187,7 +189,7 @@ func New(opts Options) (*Broker, error) {
 		Help: "Their bytes: topic, payload and properties (bounded by mqtt.max_retained_bytes).",
 	}, func() float64 { _, n := b.retained.usage(); return float64(n) })
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{retainedCount, retainedBytes, b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped, b.bounds.deliveriesDropped, b.bounds.subsRefused} {
+		for _, c := range []prometheus.Collector{b.pending.refused, b.pending.gauge, retainedCount, retainedBytes, b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped, b.bounds.deliveriesDropped, b.bounds.subsRefused} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -261,7 +263,7 @@ func (b *Broker) Quarantined() string { return b.quarantined }
 func (b *Broker) addListeners(cfg *config.Config) error {
 	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize),
 		maxPacket: uint32(cfg.MQTT.MaxPacketSize), stopClients: b.stopListenerClients,
-		events: &connEvents{malformed: b.countMalformed}, panicked: b.endPanicked}
+		events: &connEvents{malformed: b.countMalformed}, panicked: b.endPanicked, pending: b.pending}
 	if cfg.MQTT.Address != "" {
 		l := newTCPListener("tcp", cfg.MQTT.Address, nil, limits)
 		b.tcp = append(b.tcp, l)

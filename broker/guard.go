@@ -108,6 +108,14 @@ func (g *frameGuard) Close() error {
 	return g.Conn.Close()
 }
 
+// protocolError is why the CONNECT's MQTT 5 properties are a protocol
+// error mochi accepts ("" if they are not; see checkConnect).
+func (g *frameGuard) protocolError() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.connectProblem
+}
+
 // preload scans bytes read before mochi took the connection (the first
 // byte, see serveConn); mochi reads them first.
 func (g *frameGuard) preload(b []byte) {

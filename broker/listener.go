@@ -52,6 +52,8 @@ type connLimits struct {
 	events *connEvents
 	// panicked ends a client whose packet made mochi panic (see serveConn).
 	panicked func(g *frameGuard, v any, stack []byte)
+	// pending bounds the connections not logged in yet; nil: no bound.
+	pending *pendingConns
 }
 
 func (l *tcpListener) ID() string { return l.id }
@@ -97,12 +99,18 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: don't spin
 			continue
 		}
+		slot := l.limits.pending.acquire(conn.RemoteAddr())
+		if slot == nil && l.limits.pending != nil {
+			_ = conn.Close() // too many not logged in yet: nothing read, nothing held
+			continue
+		}
 		if tc, ok := conn.(*net.TCPConn); ok {
 			_ = tc.SetKeepAlivePeriod(30 * time.Second)
 		}
 		l.mu.Lock()
 		if l.end.Load() { // Close already ran its sweep
 			l.mu.Unlock()
+			slot.release()
 			_ = conn.Close()
 			return
 		}
@@ -128,6 +136,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 				err := tc.HandshakeContext(ctx)
 				cancel()
 				if err != nil {
+					slot.release()
 					_ = conn.Close()
 					if l.log != nil {
 						l.log.Debug("mqtt tls handshake failed", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
@@ -135,7 +144,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 					return
 				}
 			}
-			serveConn(l.id, conn, l.limits, establish, l.log)
+			serveConn(l.id, conn, slot, l.limits, establish, l.log)
 		}()
 	}
 }

@@ -10,26 +10,19 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// pendingSlot is a connection's place among those not logged in yet (see
-// conns.go); release is safe on nil and more than once.
-type pendingSlot struct{ free func() }
-
-func (s *pendingSlot) release() {
-	if s != nil && s.free != nil {
-		f := s.free
-		s.free = nil
-		f()
-	}
-}
-
 // serveConn hands one accepted connection (past its TLS handshake or
 // WebSocket upgrade) to mochi behind a frameGuard, and contains a panic in
 // mochi's reading of it: mochi v2.7.9 recovers nothing, so a packet that
 // panics its decoder would end the whole process. The panicking client's
 // connection is closed and its session ended as a disconnect would end it
 // (see Broker.endPanicked); every other client goes on.
-func serveConn(id string, conn net.Conn, limits connLimits, establish listeners.EstablishFn, log *slog.Logger) {
-	g := &frameGuard{Conn: conn, max: limits.maxPacket, maxConnect: limits.maxConnect, events: limits.events}
+//
+// mochi gets the connection only once its first byte arrived: a silent
+// connection costs our goroutine until the deadline, not a mochi client
+// (two buffers and a writer goroutine).
+func serveConn(id string, conn net.Conn, slot *pendingSlot, limits connLimits, establish listeners.EstablishFn, log *slog.Logger) {
+	g := &frameGuard{Conn: conn, max: limits.maxPacket, maxConnect: limits.maxConnect, events: limits.events, slot: slot}
+	defer slot.release()
 	defer func() {
 		if v := recover(); v != nil {
 			_ = g.Close()
@@ -38,6 +31,15 @@ func serveConn(id string, conn net.Conn, limits connLimits, establish listeners.
 			}
 		}
 	}()
+	first := make([]byte, 1)
+	if n, err := conn.Read(first); n == 0 {
+		_ = g.Close()
+		if log != nil {
+			log.Debug("mqtt connection ended before its first byte", "listener", id, "remote", conn.RemoteAddr(), "error", err)
+		}
+		return
+	}
+	g.preload(first)
 	err := establish(id, g)
 	if err != nil && log != nil {
 		log.Debug("mqtt connection ended", "listener", id, "remote", conn.RemoteAddr(), "error", err)

@@ -28,6 +28,7 @@ type wsListener struct {
 	upgrader  websocket.Upgrader
 	srv       *http.Server
 	ln        net.Listener
+	served    net.Listener // ln within the pending bounds
 	establish listeners.EstablishFn
 	end       atomic.Bool
 	closeOnce sync.Once
@@ -64,6 +65,10 @@ func (l *wsListener) Init(log *slog.Logger) error {
 		return err
 	}
 	l.ln = ln
+	if l.limits.pending != nil {
+		ln = &pendingListener{Listener: ln, p: l.limits.pending}
+	}
+	l.served = ln
 	l.srv = &http.Server{
 		Handler:           http.HandlerFunc(l.handle),
 		ReadHeaderTimeout: l.limits.connectTimeout,
@@ -80,6 +85,10 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered with the HTTP error
 	}
 	defer c.Close()
+	var slot *pendingSlot
+	if sc, ok := c.UnderlyingConn().(*slotConn); ok {
+		slot = sc.slot // released at login or when the connection ends
+	}
 	conn := &wsConn{Conn: c.UnderlyingConn(), c: c}
 	l.mu.Lock()
 	if l.end.Load() {
@@ -97,12 +106,12 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		l.mu.Unlock()
 	}()
 	_ = conn.SetDeadline(time.Now().Add(l.limits.connectTimeout))
-	serveConn(l.id, conn, l.limits, l.establish, l.log)
+	serveConn(l.id, conn, slot, l.limits, l.establish, l.log)
 }
 
 func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	l.establish = establish
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.end.Load() {
+	if err := l.srv.Serve(l.served); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.end.Load() {
 		l.log.Error("websocket listener stopped", "listener", l.id, "error", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -475,4 +476,65 @@ func TestHostileRetainedWillOnReceiptsTopic(t *testing.T) {
 	c := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true,
 		Will: &rawmqtt.Will{Topic: "terminals/term-1/telemetry/presence", Payload: []byte("offline"), Retain: true, QoS: 1}})
 	c.Close()
+}
+
+// Finding 8 (connections before login): 10,000 silent TCP connections held
+// 165 MB until their deadline. Now at most mqtt.max_pending_connections_per_address
+// (64) from one address are kept, the rest closed at once and counted; a
+// terminal from another address logs in meanwhile.
+func TestHostileSilentConnections(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 2000; i++ {
+		c, err := net.DialTimeout("tcp", g.mqttAddr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		return g.metricSum("gateway_mqtt_connections_refused_total", `reason="pending_address"`) == 2000-64
+	}, "refused %v, want %d", g.metricSum("gateway_mqtt_connections_refused_total", `reason="pending_address"`), 2000-64)
+	if n := g.metric("gateway_mqtt_pending_connections"); n != 64 {
+		t.Errorf("gateway_mqtt_pending_connections %v, want 64", n)
+	}
+	// a terminal behind another address is not held back
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	nc, err := d.Dial("tcp", g.mqttAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write(append(rawmqtt.AppendLength([]byte{0x10}, len(rawmqtt.ConnectBody(rawmqtt.Options{ClientID: "term-9", Clean: true}))),
+		rawmqtt.ConnectBody(rawmqtt.Options{ClientID: "term-9", Clean: true})...)); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(nc, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		t.Fatalf("term-9's CONNACK %x %v", ack, err)
+	}
+}
+
+// Finding 8 (CONNECT): a receive maximum of 0 or a maximum packet size of 0
+// is a protocol error (MQTT 5 3.1.2.11) that was accepted. Now refused with
+// 0x82.
+func TestHostileConnectZeroLimits(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	for _, props := range [][]byte{rawmqtt.PropUint16(0x21, 0), rawmqtt.PropUint32(0x27, 0)} {
+		_, err := rawmqtt.Connect(g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true, Properties: props})
+		if !errors.Is(err, rawmqtt.ErrRefused) || !strings.Contains(err.Error(), "0x82") {
+			t.Fatalf("CONNECT with %x: %v, want refused 0x82", props, err)
+		}
+	}
+	g.alive(t, "term-1")
 }
