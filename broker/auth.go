@@ -259,7 +259,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity st
 	if !known {
 		hash = h.dummy
 	}
-	ok, busy := h.logins.check(cl.Net.Remote, hash, pk.Connect.Password)
+	ok, busy := h.logins.check(cl.Net.Remote, user, hash, pk.Connect.Password)
 	switch {
 	case busy:
 		return "", refuseBusy, "login_backoff"
