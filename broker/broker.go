@@ -116,7 +116,8 @@ func New(opts Options) (*Broker, error) {
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true, // receipts are published in-process
 		Capabilities: caps,
-		Logger:       lg.With("component", "mqtt"),
+		// no payloads, and at most once a minute per client and message
+		Logger: slog.New(newMochiLog(lg.Handler())).With("component", "mqtt"),
 	})
 
 	users := map[string][]byte{}

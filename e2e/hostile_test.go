@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -644,4 +645,39 @@ func TestHostileLoginLockoutAndFlood(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("%d guesses during the flood; slowest legitimate login %v", guesses.Load(), worst)
+}
+
+// Finding 9: a 3.1.1 publish to a denied topic was logged at warning level
+// with the whole packet: 50 publishes wrote 16 MB of log in 0.8 s, the
+// card-like payload included. Now the log carries no payload and one record
+// per client and kind a minute (the gateway under test logs at debug).
+func TestHostileLogFlood(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	card := "4111111111111111"
+	payload := bytes.Repeat([]byte(`{"pan":"`+card+`"}`), 9000) // 234 KB
+	before := len(g.logs.String())
+	for i := 0; i < 50; i++ {
+		c := rawConnect(t, g.mqttAddr, rawmqtt.Options{Version: 4, ClientID: "term-1", Clean: true})
+		if err := c.Publish(1, false, 1, "terminals/term-2/payments/p1", nil, payload); err != nil { // outside its ACL
+			t.Fatal(err)
+		}
+		if _, ended := c.Closed(10 * time.Second); !ended {
+			t.Fatal("3.1.1 publish outside the ACL: still connected")
+		}
+		c.Close()
+	}
+	g.alive(t, "term-3")
+	grown := len(g.logs.String()) - before
+	t.Logf("log grew by %d bytes for 50 refused 234 KB publishes", grown)
+	logs := g.logs.String()[before:]
+	for _, leak := range []string{card, base64.StdEncoding.EncodeToString([]byte(`{"pan":"` + card))[:16]} {
+		if strings.Contains(logs, leak) {
+			t.Fatalf("the log carries the payload (%q)", leak)
+		}
+	}
+	if grown > 100_000 {
+		t.Errorf("log grew by %d bytes, want it bounded (under 100 KB)", grown)
+	}
 }
