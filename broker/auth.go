@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/asn1"
 	"fmt"
 	"os"
 	"strings"
@@ -235,8 +236,10 @@ func (h *authHook) authConfigured() bool { return len(h.users) > 0 || h.b.certLo
 // or why it is refused and with which codes.
 func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity string, codes [2]packets.Code, why string) {
 	user := string(pk.Connect.Username)
-	cn := certCN(cl)
+	cn, ambiguous := certIdentity(cl)
 	switch {
+	case ambiguous:
+		return "", refuseLogin, "certificate_cn_ambiguous"
 	case cn != "" && (user == "" || user == cn) && len(pk.Connect.Password) == 0:
 		// A certificate verified against client_ca_file is a complete
 		// login; a user name equal to its CN adds nothing.
@@ -280,29 +283,82 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 // OnPacketEncode announces topic_alias_max in a successful MQTT 5 CONNACK
 // (mochi v2.7.9 enforces its TopicAliasMaximum but never announces it, and
 // a client may use no alias it was not told of).
+//
+// A CONNACK refusing an MQTT 3.1.1 client carries a 3.1.1 return code:
+// mochi v2.7.9 maps some MQTT 5 reason codes, and sends others (0x80, 0x82)
+// as they are, which 3.1.1 does not define. Where 3.1.1 has no equivalent
+// (a malformed CONNECT, a protocol error) it says to close the connection
+// without a CONNACK, and frameGuard.Write holds such a CONNACK back
+// (TestConnack311Codes).
 func (h *authHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
 		pk.Properties.TopicAliasMaximum = h.b.server.Options.Capabilities.TopicAliasMaximum
+	}
+	if cl.Properties.ProtocolVersion < 5 && pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		if c, ok := v3ConnackCodes[pk.ReasonCode]; ok {
+			pk.ReasonCode = c
+		}
 	}
 	return pk
 }
 
-// certCN is the subject CN of the client's verified certificate, or "".
+// v3ConnackCodes maps the MQTT 5 CONNACK reason codes that have a 3.1.1
+// equivalent. mochi answers a 3.1.1 persistent session without a client id
+// with 0x80; 3.1.1 says 0x02 (identifier rejected).
+var v3ConnackCodes = map[byte]byte{
+	packets.ErrUnspecifiedError.Code:           packets.Err3ClientIdentifierNotValid.Code,
+	packets.ErrUnsupportedProtocolVersion.Code: packets.Err3UnsupportedProtocolVersion.Code,
+	packets.ErrClientIdentifierNotValid.Code:   packets.Err3ClientIdentifierNotValid.Code,
+	packets.ErrBadUsernameOrPassword.Code:      packets.Err3NotAuthorized.Code, // as mochi maps it
+	packets.ErrNotAuthorized.Code:              packets.Err3NotAuthorized.Code,
+	packets.ErrServerUnavailable.Code:          packets.Err3ServerUnavailable.Code,
+	packets.ErrServerBusy.Code:                 packets.Err3ServerUnavailable.Code,
+	packets.ErrQuotaExceeded.Code:              packets.Err3ServerUnavailable.Code,
+	packets.ErrConnectionRateExceeded.Code:     packets.Err3ServerUnavailable.Code,
+	packets.ErrBadAuthenticationMethod.Code:    packets.Err3NotAuthorized.Code,
+}
+
+// certCN is the subject CN of the client's verified certificate, or "" (no
+// certificate, or one whose subject names more than one CN).
 func certCN(cl *mqtt.Client) string {
+	cn, _ := certIdentity(cl)
+	return cn
+}
+
+// certIdentity is the subject CN of the client's verified certificate;
+// ambiguous when the subject holds several CNs: Go's pkix.Name keeps the
+// last one, another reader may take the first, so such a certificate names
+// no identity and its login is refused.
+func certIdentity(cl *mqtt.Client) (cn string, ambiguous bool) {
 	conn := cl.Net.Conn
 	if g := guardOf(cl); g != nil {
 		conn = g.Conn
 	}
 	tc, ok := conn.(*tls.Conn)
 	if !ok {
-		return ""
+		return "", false
 	}
 	st := tc.ConnectionState()
 	if len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
-		return "" // no certificate, or one nobody verified
+		return "", false // no certificate, or one nobody verified
 	}
-	return st.VerifiedChains[0][0].Subject.CommonName
+	subject := st.VerifiedChains[0][0].Subject
+	n := 0
+	for _, atv := range subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			n++
+		}
+	}
+	if n > 1 {
+		return "", true
+	}
+	return subject.CommonName, false
 }
+
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
 // OnACLCheck: a publish topic must match a publish filter; a subscription
 // filter must lie entirely within a subscribe filter.

@@ -273,7 +273,7 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 		}
 	}
 	if t := cfg.MQTT.TLS; t.Address != "" {
-		tc, err := serverTLS(t, cfg.MQTT.UsersFile != "")
+		tc, err := serverTLS(t, cfg.MQTT.UsersFile != "", func() { b.countLoginRefused("certificate_revoked") }, b.log)
 		if err != nil {
 			return err
 		}
@@ -296,7 +296,10 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 // serverTLS builds the TLS listener's config. With client_ca_file, a client
 // certificate is verified when presented; it is required unless passwords
 // (a users file) are another way in.
-func serverTLS(t config.ListenerTLS, passwords bool) (*tls.Config, error) {
+//
+// With crl_file, a client certificate its issuer's CRL lists is refused in
+// the handshake (revoked is called for each).
+func serverTLS(t config.ListenerTLS, passwords bool, revoked func(), log *slog.Logger) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("broker: mqtt.tls.cert_file/key_file: %w", err)
@@ -315,6 +318,24 @@ func serverTLS(t config.ListenerTLS, passwords bool) (*tls.Config, error) {
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
 		if passwords {
 			tc.ClientAuth = tls.VerifyClientCertIfGiven
+		}
+		if t.CRLFile != "" {
+			rv, err := loadCRLs(t.CRLFile, parseCerts(pem), time.Now())
+			if err != nil {
+				return nil, fmt.Errorf("broker: %w", err)
+			}
+			for _, issuer := range rv.stale {
+				log.Warn("broker: a CRL of mqtt.tls.crl_file is past its next update; it still applies, but fetch a fresh one", "issuer", issuer)
+			}
+			tc.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+				if err := rv.check(chains); err != nil {
+					if revoked != nil {
+						revoked()
+					}
+					return err
+				}
+				return nil
+			}
 		}
 	}
 	return tc, nil

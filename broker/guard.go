@@ -87,14 +87,20 @@ const (
 const writeDeadline = 30 * time.Second
 
 func (g *frameGuard) Write(p []byte) (int, error) {
-	if len(p) > 0 && p[0] == packets.Disconnect<<4 {
+	if len(p) > 0 && (p[0] == packets.Disconnect<<4 || p[0] == packets.Connack<<4) {
 		g.mu.Lock()
 		v := g.version
 		g.mu.Unlock()
-		if v == 3 || v == 4 {
+		switch {
+		case v != 3 && v != 4:
+		case p[0] == packets.Disconnect<<4:
 			// MQTT 3.1.1 has no server DISCONNECT (mochi v2.7.9 sends one,
 			// e.g. to a client whose session is taken over): the connection
 			// is just closed.
+			return len(p), nil
+		case len(p) >= 4 && p[3] > 5:
+			// A CONNACK with a return code 3.1.1 does not define (see
+			// authHook.OnPacketEncode): 3.1.1 closes without one.
 			return len(p), nil
 		}
 	}

@@ -98,12 +98,21 @@ func (h *ingestHook) Provides(b byte) bool {
 // OnPacketRead refuses a PUBLISH whose topic name is not valid (wildcards, or
 // empty without an alias). mochi would drop it silently, leaving a QoS 1
 // client waiting for a PUBACK that never comes.
+//
+// A publish by topic alias alone gets its topic here: mochi v2.7.9 checks
+// the ACL against the publish's topic name before it resolves the alias, so
+// every publish by alias was refused 0x87 (TestTopicAliasPublish). An alias
+// the client never set is a protocol error (0x82).
 func (h *ingestHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
 	if pk.TopicName == "" && pk.Properties.TopicAlias > 0 {
-		return pk, nil
+		if pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, ""); pk.TopicName == "" {
+			h.b.countRefused("", "topic_alias_unknown")
+			_ = h.b.server.DisconnectClient(cl, packets.ErrProtocolViolation)
+			return pk, packets.ErrProtocolViolation
+		}
 	}
 	if pk.TopicName == "" || !mqtt.IsValidFilter(pk.TopicName, true) {
 		h.b.countRefused("", "topic_invalid")

@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -680,4 +683,95 @@ func TestHostileLogFlood(t *testing.T) {
 	if grown > 100_000 {
 		t.Errorf("log grew by %d bytes, want it bounded (under 100 KB)", grown)
 	}
+}
+
+// Finding 11 (protocol corners): topic aliases were announced but a publish
+// by alias was refused 0x87; some 3.1.1 CONNACKs carried codes 3.1.1 does
+// not define (0x80, 0x82).
+func TestHostileProtocolCorners(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, kafka.Addrs, "")
+	g.start()
+	c := rawConnect(t, g.mqttAddr, rawmqtt.Options{ClientID: "term-1", Clean: true})
+	if err := c.Publish(1, false, 1, "terminals/term-1/payments/p1", rawmqtt.PropUint16(0x23, 1), []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(1, false, 2, "", rawmqtt.PropUint16(0x23, 1), []byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	for pid := uint16(1); pid <= 2; pid++ {
+		body, err := c.ReadType(4, 10*time.Second)
+		if err != nil || binary.BigEndian.Uint16(body) != pid || (len(body) > 2 && body[2] != 0) {
+			t.Fatalf("publish %d (by alias: %v): PUBACK %x %v, want success", pid, pid == 2, body, err)
+		}
+	}
+	recs := testkit.Consume(t, kafka.Addrs, []string{"payments"}).WaitN(t, 2, 60*time.Second)
+	for _, r := range recs {
+		if topic, _ := header(r, "mqtt.topic"); topic != "terminals/term-1/payments/p1" {
+			t.Fatalf("record mqtt.topic %q", topic)
+		}
+	}
+	// 3.1.1: a persistent session without a client id is "identifier rejected"
+	v3, err := rawmqtt.Connect(g.mqttAddr, rawmqtt.Options{Version: 4, Clean: false})
+	if err == nil || v3 == nil || v3.Connack[1] != 0x02 {
+		t.Fatalf("3.1.1 persistent session without an id: %v, want CONNACK code 2", err)
+	}
+	// ... and a CONNECT with its reserved flag set gets no CONNACK at all
+	nc, err := rawmqtt.Dial(g.mqttAddr, rawmqtt.Options{Version: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	body := rawmqtt.ConnectBody(rawmqtt.Options{Version: 4, ClientID: "term-1", Clean: true})
+	body[7] |= 0x01
+	if err := nc.Send(0x10, body); err != nil {
+		t.Fatal(err)
+	}
+	if typ, b, err := nc.Read(10 * time.Second); err == nil {
+		t.Fatalf("3.1.1 CONNECT with the reserved flag: packet type %d %x, want the connection closed", typ, b)
+	}
+}
+
+// Finding 11 (certificates): a certificate with two CNs logged in as the
+// last one; there was no way to revoke a terminal's certificate. Now the
+// two-CN certificate is refused and mqtt.tls.crl_file revokes.
+func TestHostileCertificates(t *testing.T) {
+	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	ca := testkit.NewCA(t, "terminals")
+	srv := ca.Server()
+	good, stolen := ca.Client("term-a"), ca.Client("term-s")
+	oid := asn1.ObjectIdentifier{2, 5, 4, 3}
+	two := ca.ClientWithSubject("two-cns", pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{{Type: oid, Value: "term-a"}, {Type: oid, Value: "term-b"}}})
+	g := newGateway(t, kafka.Addrs, "")
+	tlsAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
+	g.env = []string{
+		"GATEWAY_MQTT_TLS_ADDRESS=" + tlsAddr,
+		"GATEWAY_MQTT_TLS_CERT_FILE=" + srv.CertFile,
+		"GATEWAY_MQTT_TLS_KEY_FILE=" + srv.KeyFile,
+		"GATEWAY_MQTT_TLS_CLIENT_CA_FILE=" + ca.File,
+		"GATEWAY_MQTT_TLS_CRL_FILE=" + ca.CRL(stolen),
+		"GATEWAY_MQTT_ALLOW_ANONYMOUS=false",
+		"GATEWAY_MQTT_TCP_ALLOW_ANONYMOUS=true",
+	}
+	g.start()
+	login := func(cert testkit.Issued, id string) (*rawmqtt.Conn, error) {
+		return rawmqtt.Connect(tlsAddr, rawmqtt.Options{ClientID: id, Clean: true,
+			TLS: &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{cert.TLS}}})
+	}
+	c, err := login(good, "term-a")
+	if err != nil {
+		t.Fatalf("term-a: %v", err)
+	}
+	c.Close()
+	if c, err := login(two, "term-b"); err == nil || !errors.Is(err, rawmqtt.ErrRefused) || c.Connack[1] != 0x86 {
+		t.Fatalf("two CNs as term-b: %v, want refused 0x86", err)
+	}
+	if c, err := login(stolen, "term-s"); err == nil {
+		c.Close()
+		t.Fatal("a revoked certificate logged in")
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return g.metricSum("gateway_mqtt_connect_refused_total", `reason="certificate_revoked"`) == 1 &&
+			g.metricSum("gateway_mqtt_connect_refused_total", `reason="certificate_cn_ambiguous"`) == 1
+	}, "refusals not counted")
 }
