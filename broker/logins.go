@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/rand"
+	"math"
 	"net"
 	"runtime"
 	"sync"
@@ -25,20 +26,25 @@ import (
 //   - CPU: at most loginWorkers bcrypt checks run at once (half the cores,
 //     at least one), so logins never take the whole box and certificate
 //     logins, which need no bcrypt, never wait behind them;
-//   - turns: a check waits at most loginWait for a worker (then 0x9F).
-//     Waiting checks are served in turn by remote address (one address
-//     flooding gets one turn in each round, not the queue), and a (user,
-//     address) that logged in before goes first: a terminal reconnecting
-//     after a power cut is not stuck behind a stranger's flood of guesses.
+//   - turns: a check waits at most loginWait for a worker (then 0x9F). A
+//     (user, address) that logged in before goes first: a terminal
+//     reconnecting after a power cut is not stuck behind a stranger's
+//     flood of guesses. The others are served by remote address: the
+//     address with the fewest recent failures first (a flood of guesses
+//     sinks its own addresses, never locks them out), in turn among equals
+//     (one address flooding gets one turn in each round, not the queue).
 //     Knowing a user name is no shortcut: only a login that succeeded earns
-//     the lane, and an unknown name costs the same bcrypt work as a known
-//     one (no user enumeration by timing).
+//     the first lane, and an unknown name costs the same bcrypt work as a
+//     known one (no user enumeration by timing).
 const (
 	loginBurst      = 5
 	loginRefill     = 10 * time.Second
 	loginWait       = 5 * time.Second
 	loginKeysMax    = 10000 // (user, address) pairs remembered per map; beyond it whole allowances and old successes go
 	loginGoodMaxAge = 7 * 24 * time.Hour
+	// addrHalfLife is how fast an address's recent failures are forgotten
+	// for its turn (halved every minute).
+	addrHalfLife = time.Minute
 )
 
 // loginWorkers is how many bcrypt checks may run at once.
@@ -56,6 +62,20 @@ type loginGuard struct {
 	turns  []string                  // addresses with waiters, in turn order
 	fails  map[string]*rate.Limiter  // (user, address) -> failure allowance
 	good   map[string]time.Time      // (user, address) -> last successful login
+	scores map[string]addrScore      // address -> its recent failures, for its turn
+}
+
+// addrScore is an address's failures, decaying with addrHalfLife.
+type addrScore struct {
+	n  float64
+	at time.Time
+}
+
+func (a addrScore) decayed(now time.Time) float64 {
+	if a.n == 0 {
+		return 0
+	}
+	return a.n * math.Exp2(-float64(now.Sub(a.at))/float64(addrHalfLife))
 }
 
 type loginWaiter struct {
@@ -65,7 +85,7 @@ type loginWaiter struct {
 
 func newLoginGuard() *loginGuard {
 	return &loginGuard{workers: loginWorkers(), wait: loginWait, byAddr: map[string][]*loginWaiter{},
-		fails: map[string]*rate.Limiter{}, good: map[string]time.Time{}}
+		fails: map[string]*rate.Limiter{}, good: map[string]time.Time{}, scores: map[string]addrScore{}}
 }
 
 // check compares password with hash unless (user, remote) is backing off
@@ -94,8 +114,24 @@ func (g *loginGuard) check(remote, user string, hash, password []byte) (ok, busy
 		g.good[key] = time.Now()
 	} else {
 		lim.Allow() // spends one of this (user, address)'s failures
+		g.failed(addr, time.Now())
 	}
 	return ok, false
+}
+
+// failed adds a failure to addr's score. g.mu held.
+func (g *loginGuard) failed(addr string, now time.Time) {
+	if _, ok := g.scores[addr]; !ok && len(g.scores) >= loginKeysMax {
+		for a, sc := range g.scores {
+			if sc.decayed(now) < 1 {
+				delete(g.scores, a)
+			}
+		}
+		if len(g.scores) >= loginKeysMax {
+			clear(g.scores)
+		}
+	}
+	g.scores[addr] = addrScore{n: g.scores[addr].decayed(now) + 1, at: now}
 }
 
 // allowance returns the failure allowance of key and whether key logged in
@@ -193,8 +229,16 @@ func (g *loginGuard) next() *loginWaiter {
 		return w
 	}
 	for len(g.turns) > 0 {
-		addr := g.turns[0]
-		g.turns = g.turns[1:]
+		// the address with the fewest recent failures; the earliest turn
+		// among equals
+		now, best, bestScore := time.Now(), 0, 0.0
+		for i, a := range g.turns {
+			if sc := g.scores[a].decayed(now); i == 0 || sc < bestScore {
+				best, bestScore = i, sc
+			}
+		}
+		addr := g.turns[best]
+		g.turns = append(g.turns[:best], g.turns[best+1:]...)
 		q := g.byAddr[addr]
 		if len(q) == 0 {
 			delete(g.byAddr, addr)

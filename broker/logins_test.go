@@ -58,6 +58,23 @@ func TestLoginTurns(t *testing.T) {
 		t.Fatalf("served %s, want %s", got, want)
 	}
 
+	// an address with recent failures waits behind one without
+	if !g.acquire("x", false) {
+		t.Fatal("worker not taken")
+	}
+	g.mu.Lock()
+	g.failed("10.0.0.66", time.Now())
+	g.mu.Unlock()
+	order = nil
+	enqueue("flood1", "10.0.0.66", false)
+	enqueue("flood2", "10.0.0.66", false)
+	enqueue("neighbour", "10.0.0.7", false)
+	g.release()
+	wg.Wait()
+	if got, want := fmt.Sprint(order), "[neighbour flood1 flood2]"; got != want {
+		t.Fatalf("served %s, want %s", got, want)
+	}
+
 	// a waiter that times out leaves the queue
 	g.wait = 50 * time.Millisecond
 	if !g.acquire("x", false) {
