@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/internal/console"
 )
 
 // What the edges of the data path report (issue "no silent loss at the
@@ -213,22 +214,22 @@ func DeadLetterCall(ctx context.Context, addr, op string, ids []uint64, all bool
 // edgeLines prints what edgeReports added, for `gateway status`.
 func edgeLines(w io.Writer, st *Status) {
 	for _, p := range st.Problems {
-		fmt.Fprintf(w, "PROBLEM: %s\n", p)
+		fmt.Fprintf(w, "PROBLEM: %s\n", console.Escape(p))
 	}
 	for file, kept := range st.QuarantinedFiles {
-		fmt.Fprintf(w, "quarantined: %s could not be opened; moved aside as %s, a fresh one is in use\n", file, kept)
+		fmt.Fprintf(w, "quarantined: %s could not be opened; moved aside as %s, a fresh one is in use\n", console.Escape(file), console.Escape(kept))
 	}
 	for _, r := range st.Routes {
 		if r.Waiting != nil {
-			fmt.Fprintf(w, "route %s WAITING on topic %s (%s) for %s: %s\n", r.Name, r.Waiting.Topic, r.Waiting.Reason,
-				FormatDuration(secondsDuration(r.Waiting.WaitingForSeconds)), r.Waiting.Error)
+			fmt.Fprintf(w, "route %s WAITING on topic %s (%s) for %s: %s\n", console.Escape(r.Name), console.Escape(r.Waiting.Topic),
+				console.Escape(r.Waiting.Reason), FormatDuration(secondsDuration(r.Waiting.WaitingForSeconds)), console.Escape(r.Waiting.Error))
 		}
 	}
 	if st.DeadLettersTotal > 0 {
 		var parts []string
 		for _, r := range st.Routes {
 			for reason, n := range r.DeadLetters {
-				parts = append(parts, fmt.Sprintf("%s/%s %d", r.Name, reason, n))
+				parts = append(parts, fmt.Sprintf("%s/%s %d", console.Escape(r.Name), console.Escape(reason), n))
 			}
 		}
 		sort.Strings(parts)
