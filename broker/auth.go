@@ -1,48 +1,22 @@
 package broker
 
 import (
-	"bufio"
 	"crypto/tls"
-	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/edgegw/gateway/config"
 	"github.com/edgegw/gateway/rules"
 )
 
 // LoadUsers reads a users file: one "username:bcrypt-hash" per line; blank
-// lines and lines starting with # are ignored.
-func LoadUsers(path string) (map[string][]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("users file: %w", err)
-	}
-	defer f.Close()
-	users := map[string][]byte{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, hash, ok := strings.Cut(line, ":")
-		if !ok || name == "" {
-			return nil, fmt.Errorf("users file %s line %d: want username:bcrypt-hash", path, n)
-		}
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
-			return nil, fmt.Errorf("users file %s line %d: %q is not a bcrypt hash", path, n, name)
-		}
-		users[name] = []byte(hash)
-	}
-	return users, sc.Err()
-}
+// lines and lines starting with # are ignored. The format is config's
+// (`gateway check` reads it the same way).
+func LoadUsers(path string) (map[string][]byte, error) { return config.LoadUsers(path) }
 
 // authHook authenticates connections, binds client ids to identities and
 // applies the ACL.
