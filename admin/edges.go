@@ -176,8 +176,9 @@ func writeDLCode(w http.ResponseWriter, code int, res DeadLetterResult, err erro
 }
 
 // DeadLetterCall runs a dead-letter action on the gateway behind the admin
-// address: op is "ls", "resend" or "drop".
-func DeadLetterCall(ctx context.Context, addr, op string, ids []uint64, all bool, limit int) (*DeadLetterResult, error) {
+// address: op is "ls", "resend" or "drop". token is the admin bearer token
+// ("" sends none).
+func DeadLetterCall(ctx context.Context, addr, token, op string, ids []uint64, all bool, limit int) (*DeadLetterResult, error) {
 	base, err := statusURL(addr)
 	if err != nil {
 		return nil, err
@@ -196,11 +197,20 @@ func DeadLetterCall(ctx context.Context, addr, op string, ids []uint64, all bool
 	if err != nil {
 		return nil, err
 	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		// not the endpoint's answer (401 without the token, 404 from an
+		// older release): its text says why
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("admin %s: %s: %s", addr, resp.Status, strings.TrimSpace(string(body)))
+	}
 	var res DeadLetterResult
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&res); err != nil {
 		return nil, fmt.Errorf("admin %s: %s: %w", addr, resp.Status, err)

@@ -26,6 +26,10 @@ import (
 var gatewayBin string
 
 func TestMain(m *testing.M) {
+	// Never act on a gateway installed on this machine: the CLI's installed
+	// config and environment file are moved out of the way.
+	os.Setenv("GATEWAY_CONFIG", "/nonexistent/gateway-e2e/config.yaml")
+	os.Setenv("GATEWAY_ENV_FILE", "/nonexistent/gateway-e2e/environment")
 	dir, err := os.MkdirTemp("", "gateway-e2e-")
 	if err != nil {
 		panic(err)
