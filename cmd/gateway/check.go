@@ -128,10 +128,14 @@ func checkAs(name, path string, environ, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "gateway check: %v\n", err)
 		return exitUsage
 	}
-	self, err := os.Executable()
-	if err != nil {
-		fmt.Fprintf(stderr, "gateway check: --as: %v\n", err)
-		return exitFailure
+	// /proc/self/exe reaches this binary without the directories above it,
+	// which the other user may not be allowed to enter.
+	self := "/proc/self/exe"
+	if _, err := os.Stat(self); err != nil {
+		if self, err = os.Executable(); err != nil {
+			fmt.Fprintf(stderr, "gateway check: --as: %v\n", err)
+			return exitFailure
+		}
 	}
 	// The same flags, with the config made absolute, without --as, and
 	// with the environment file already read into the environment.
