@@ -168,7 +168,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if pk.Connect.WillFlag {
-		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.OnACLCheck(cl, pk.Connect.WillTopic, true)
+		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.allowed(cl, pk.Connect.WillTopic, true)
 		// mochi may end the connection before OnDisconnect runs (a failed
 		// CONNACK write): keep nothing keyed by cl from here; the ACL is
 		// expanded again at the first publish.
@@ -259,6 +259,19 @@ func certCN(cl *mqtt.Client) string {
 // OnACLCheck: a publish topic must match a publish filter; a subscription
 // filter must lie entirely within a subscribe filter.
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	ok := h.allowed(cl, topic, write)
+	if !ok && write {
+		// mochi calls it with write only for a client's PUBLISH: a terminal
+		// hammering a topic it may not use shows in
+		// gateway_ingest_refused_total{reason="acl_denied"}.
+		h.b.countRefused("", "acl_denied")
+	}
+	return ok
+}
+
+// allowed applies the ACL: may cl publish (write) to topic, or subscribe
+// to the filter topic.
+func (h *authHook) allowed(cl *mqtt.Client, topic string, write bool) bool {
 	acl := h.acl.Load()
 	if acl == nil {
 		return true

@@ -541,3 +541,28 @@ func TestDeviceTextReachesTheConsoleEscaped(t *testing.T) {
 		check(fmt.Sprint(args, " (running)"), out)
 	}
 }
+
+// Finding 5: a publish the ACL denies is counted (and logged once, without
+// its payload, by the gateway), so a terminal hammering a topic it may not
+// use shows on the dashboard.
+func TestACLRefusalsAreCounted(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
+	g := newGateway(t, k.Addrs, "")
+	g.start()
+	c := mqttClient(t, g.mqttAddr, "term-1", false)
+	for i := range 5 {
+		// QoS 0: a 3.1.1 client is not disconnected for it
+		c.Publish("terminals/term-2/payments/p", 0, false, fmt.Sprintf("forbidden-%d", i)).WaitTimeout(5 * time.Second)
+	}
+	// in order behind them on the same connection: once this is acknowledged
+	// the five were checked
+	if tok := c.Publish("terminals/term-1/payments/p", 1, false, "allowed"); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("allowed publish: %v", tok.Error())
+	}
+	if v := g.metric(`gateway_ingest_refused_total{reason="acl_denied",route=""}`); v != 5 {
+		t.Fatalf("gateway_ingest_refused_total{reason=\"acl_denied\"} = %v, want 5\n%s", v, tail(g.logs, 20))
+	}
+	if !strings.Contains(g.logs.String(), "reason=acl_denied") {
+		t.Errorf("no log line for the refusal:\n%s", tail(g.logs, 20))
+	}
+}
