@@ -155,6 +155,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	sd := startNotifier(gw, log)
+	// A log pipe whose reader went away (journald restarting, `make run |
+	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
+	// work: a write fails instead, and the log line is lost.
+	signal.Ignore(syscall.SIGPIPE)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s, ferr := gw.wait(sig)
