@@ -91,8 +91,10 @@ func parseUsers(data []byte, path string) (map[string][]byte, error) {
 
 // CheckFiles opens and parses every file cfg names, as the user the process
 // runs as: certificates and keys (and that each key belongs to its
-// certificate), CA bundles, the users file, the admin token file; and that
-// data_dir can be written. It returns one problem per key.
+// certificate), CA bundles, the users file, the admin token file; that
+// data_dir can be written; and that the secrets the service needs at start
+// are there (the SASL password, which usually comes from the environment).
+// It returns one problem per key.
 func CheckFiles(cfg *Config) Problems {
 	c := &checker{}
 	m := &cfg.MQTT
@@ -114,6 +116,12 @@ func CheckFiles(cfg *Config) Problems {
 		if k.TLS.CertFile != "" && k.TLS.KeyFile != "" {
 			c.keyPair("kafka.tls", k.TLS.CertFile, k.TLS.KeyFile)
 		}
+	}
+	if k := &cfg.Kafka; k.SASL.Mechanism != "" && k.SASL.Password == "" {
+		// Not a settings problem (it usually comes from the service's
+		// environment, which a tool may not be allowed to read), but the
+		// service cannot start without it.
+		c.addf("kafka.sasl.password", "must be set when kafka.sasl.mechanism is set: in the file, or as GATEWAY_KAFKA_SASL_PASSWORD in the service's environment (/etc/default/gateway)")
 	}
 	if cfg.Admin.TokenFile != "" {
 		data, err := ReadBounded(cfg.Admin.TokenFile, maxTokenFile)

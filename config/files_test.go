@@ -59,6 +59,7 @@ func TestLoadOpensAndParsesEveryFile(t *testing.T) {
 		{"users file with nobody", base + "mqtt: {allow_anonymous: false, users_file: " + emptyUsers + "}\n", "mqtt.users_file: " + emptyUsers + " holds no user"},
 		{"empty token", base + "admin: {token_file: " + emptyToken + "}\n", "admin.token_file: " + emptyToken + " holds no token"},
 		{"kafka CA garbage", "data_dir: " + dir + "\nkafka: {brokers: ['127.0.0.1:9092'], tls: {enabled: true, ca_file: " + users + "}}\n", "kafka.tls.ca_file: " + users + " holds no PEM certificate"},
+		{"SASL without its password", "data_dir: " + dir + "\nkafka: {brokers: ['127.0.0.1:9092'], sasl: {mechanism: SCRAM-SHA-512, username: box}}\n", "kafka.sasl.password: must be set"},
 		{"data_dir is a file", "kafka: {brokers: ['127.0.0.1:9092']}\ndata_dir: " + notDir + "\n", "data_dir: " + notDir + " is not a directory"},
 	} {
 		_, err := Load(write(tc.yaml))
