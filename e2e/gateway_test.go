@@ -62,6 +62,7 @@ type gatewayProc struct {
 	logs     *syncBuffer
 	exited   chan struct{}
 	env      []string // extra environment, e.g. GATEWAY_* overrides
+	token    string   // admin bearer token, when the config sets admin.token_file
 }
 
 type syncBuffer struct {
@@ -156,7 +157,11 @@ func (g *gatewayProc) start() {
 			g.t.Fatalf("gateway exited during start:\n%s", tail(g.logs, 40))
 		default:
 		}
-		resp, err := http.Get("http://" + g.admin + "/readyz")
+		req, _ := http.NewRequest(http.MethodGet, "http://"+g.admin+"/readyz", nil)
+		if g.token != "" {
+			req.Header.Set("Authorization", "Bearer "+g.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return false
 		}

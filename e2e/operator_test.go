@@ -206,12 +206,12 @@ func TestToolsNeverReadAnotherGateway(t *testing.T) {
 	}
 }
 
-// hardenedConfig is a gateway as the package runs it: the config file does
+// hardened is a gateway as the package runs it: the config file does
 // not say the data dir (the unit's environment file does), the admin
 // endpoint wants a token.
 type hardened struct {
 	*gatewayProc
-	dataDir, envFile, token string
+	dataDir, envFile, tokenFile string
 }
 
 func newHardened(t *testing.T, extraYAML string) *hardened {
@@ -226,16 +226,17 @@ func newHardened(t *testing.T, extraYAML string) *hardened {
 	}}
 	h.dataDir = filepath.Join(dir, "state")
 	h.envFile = filepath.Join(dir, "environment")
-	h.token = filepath.Join(dir, "admin-token")
+	h.tokenFile = filepath.Join(dir, "admin-token")
+	h.gatewayProc.token = "s3cret-token"
 	os.MkdirAll(h.dataDir, 0o750)
-	os.WriteFile(h.token, []byte("s3cret-token\n"), 0o600)
+	os.WriteFile(h.tokenFile, []byte(h.gatewayProc.token+"\n"), 0o600)
 	os.WriteFile(h.envFile, []byte("# the unit's environment file\nGATEWAY_DATA_DIR="+h.dataDir+"\n"), 0o640)
 	cfg := fmt.Sprintf(`id: hardened-gw
 data_dir: ./data-the-unit-overrides
 mqtt: {address: %q}
 kafka: {brokers: [%q]}
 admin: {address: %q, token_file: %q}
-`, h.mqttAddr, deadKafka(t)[0], h.admin, h.token) + routesYAML + extraYAML
+`, h.mqttAddr, deadKafka(t)[0], h.admin, h.tokenFile) + routesYAML + extraYAML
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -248,29 +249,6 @@ admin: {address: %q, token_file: %q}
 		}
 	})
 	return h
-}
-
-// start waits for /readyz with the token.
-func (h *hardened) start() {
-	h.t.Helper()
-	h.logs = &syncBuffer{}
-	h.cmd = exec.Command(gatewayBin, "run", "--config", h.cfgPath)
-	h.cmd.Env = append(os.Environ(), h.env...)
-	h.cmd.Stdout, h.cmd.Stderr = h.logs, h.logs
-	if err := h.cmd.Start(); err != nil {
-		h.t.Fatal(err)
-	}
-	h.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(h.cmd, h.exited)
-	testkit.Eventually(h.t, 30*time.Second, func() bool {
-		select {
-		case <-h.exited:
-			h.t.Fatalf("gateway exited during start:\n%s", tail(h.logs, 40))
-		default:
-		}
-		out, code := cli(h.t, nil, "status", "--admin", h.admin, "--token-file", h.token)
-		return code == 0 && strings.Contains(out, ", ready,")
-	}, "gateway ready")
 }
 
 // Findings 2 and 3: every day-2 command takes the service's config and the
@@ -300,10 +278,10 @@ func TestDayTwoCommandsUseTheServicesConfigAndEnvironment(t *testing.T) {
 		{nil, []string{"deadletter", "ls", "--config", h.cfgPath, "--env-file", h.envFile}, []string{id}},
 		{nil, []string{"check", "--config", h.cfgPath, "--env-file", h.envFile, "--against", h.admin}, []string{"ok: no changes"}},
 		// no config: flags and the environment
-		{nil, []string{"deadletter", "ls", "--admin", h.admin, "--token-file", h.token}, []string{id}},
-		{nil, []string{"buffer", "ls", "--data-dir", h.dataDir, "--admin", h.admin, "--token-file", h.token}, []string{"payments"}},
-		{[]string{"GATEWAY_ADMIN_ADDRESS=" + h.admin, "GATEWAY_ADMIN_TOKEN_FILE=" + h.token}, []string{"status"}, []string{"gateway hardened-gw"}},
-		{[]string{"GATEWAY_ADMIN_ADDRESS=" + h.admin, "GATEWAY_ADMIN_TOKEN_FILE=" + h.token, "GATEWAY_DATA_DIR=" + h.dataDir}, []string{"deadletter", "ls"}, []string{id}},
+		{nil, []string{"deadletter", "ls", "--admin", h.admin, "--token-file", h.tokenFile}, []string{id}},
+		{nil, []string{"buffer", "ls", "--data-dir", h.dataDir, "--admin", h.admin, "--token-file", h.tokenFile}, []string{"payments"}},
+		{[]string{"GATEWAY_ADMIN_ADDRESS=" + h.admin, "GATEWAY_ADMIN_TOKEN_FILE=" + h.tokenFile}, []string{"status"}, []string{"gateway hardened-gw"}},
+		{[]string{"GATEWAY_ADMIN_ADDRESS=" + h.admin, "GATEWAY_ADMIN_TOKEN_FILE=" + h.tokenFile, "GATEWAY_DATA_DIR=" + h.dataDir}, []string{"deadletter", "ls"}, []string{id}},
 	} {
 		out, code := cli(t, tc.env, tc.args...)
 		if code != 0 {
