@@ -91,5 +91,5 @@ func (b *Broker) disconnectHooks() []interface {
 	if b.store != nil {
 		hs = append(hs, b.store)
 	}
-	return append(hs, b.limits, b.downlink)
+	return append(hs, b.bounds, b.limits, b.downlink)
 }
