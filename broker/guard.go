@@ -62,6 +62,7 @@ type frameGuard struct {
 	hold            []byte // that body so far
 	ready           []byte // checked bytes mochi has not read yet (they come before any newer)
 	failed          error  // a malformed packet: reads fail once ready is drained
+	readErr         error  // the connection's read error, returned once ready is drained
 }
 
 // connEvents are what the guards report to the broker.
@@ -143,13 +144,16 @@ func (g *frameGuard) Read(p []byte) (int, error) {
 			g.mu.Unlock()
 			return n, nil
 		}
-		failed, refused := g.failed, g.connectTooLarge
+		failed, refused, readErr := g.failed, g.connectTooLarge, g.readErr
 		g.mu.Unlock()
 		if refused {
 			return 0, errConnectTooLarge
 		}
 		if failed != nil {
 			return 0, failed
+		}
+		if readErr != nil {
+			return 0, readErr
 		}
 		n, err := g.Conn.Read(p)
 		if n == 0 {
@@ -178,8 +182,23 @@ func (g *frameGuard) Read(p []byte) (int, error) {
 			// mochi reads what came before it, then the error.
 			_ = g.Conn.Close()
 		}
-		if pass > 0 || err != nil {
+		if err != nil {
+			g.mu.Lock()
+			queued := len(g.ready) > 0
+			if queued {
+				g.readErr = err // after what waits in ready
+			}
+			g.mu.Unlock()
+			if queued && pass == 0 {
+				continue
+			}
+			if queued {
+				return pass, nil
+			}
 			return pass, err
+		}
+		if pass > 0 {
+			return pass, nil
 		}
 		// All of it is held back or waits in ready: read on.
 	}

@@ -259,3 +259,26 @@ func ackersOf(b *Broker, id string) int {
 	})
 	return n
 }
+
+// eofConn returns all its data with io.EOF in one read.
+type eofConn struct{ chunkConn }
+
+func (c *eofConn) Read(p []byte) (int, error) {
+	n := copy(p, c.data)
+	c.data = c.data[n:]
+	return n, io.EOF
+}
+
+// Bytes read together with the connection's end reach mochi before the
+// error, also those held back behind a SUBSCRIBE.
+func TestGuardDeliversHeldBytesBeforeEOF(t *testing.T) {
+	var stream []byte
+	stream = append(stream, packet(0x10, rawmqtt.ConnectBody(rawmqtt.Options{ClientID: "c"}))...)
+	stream = append(stream, packet(0x82, append(rawmqtt.AppendString([]byte{0, 1, 0}, "a/b"), 1))...)
+	stream = append(stream, packet(0x30, append(rawmqtt.AppendString(nil, "a/b"), 0, 'x'))...)
+	g := &frameGuard{Conn: &eofConn{chunkConn{data: stream}}, max: 4096, maxConnect: 1024}
+	got, err := io.ReadAll(g)
+	if err != nil || !bytes.Equal(got, stream) {
+		t.Fatalf("%d of %d bytes before the end (%v)", len(got), len(stream), err)
+	}
+}

@@ -98,7 +98,7 @@ var defaults = map[string]any{
 	"mqtt.max_pending_connections_per_address": "64",
 	"mqtt.tls.crl_file":                        "",
 	"receipts.max_devices":                     "10000",
-	"receipts.max_pending_per_device":          "1000",
+	"receipts.max_pending_per_device":          "10000",
 }
 
 // raw mirrors the YAML with every scalar as a string, so that all parsing (and

@@ -143,6 +143,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
+	// Before the start: /readyz answers 200 once the broker listens, a bit
+	// before startGateway returns, and a SIGTERM in between (a service
+	// stopped as it comes up) killed the process instead of stopping it.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	gw, err := startGateway(cfg, log)
 	err = explainLocked(err, cfg.DataDir)
 	if err != nil {
@@ -159,8 +165,6 @@ func cmdRun(args []string, stderr io.Writer) int {
 	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
 	// work: a write fails instead, and the log line is lost.
 	signal.Ignore(syscall.SIGPIPE)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s, ferr := gw.wait(sig)
 	signal.Stop(sig)
 	sd.stopping()
