@@ -133,6 +133,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return code
 	}
+	cfg, fb, err := bootFleet(cfg, configFlag(args))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
 	gw, err := startGateway(cfg, log)
@@ -143,6 +148,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	if err := gw.watchConfig(configFlag(args), logs); err != nil {
 		log.Error("config file watch failed to start", "error", err)
+		gw.stop()
+		return exitFailure
+	}
+	if err := gw.startFleet(fb, log); err != nil {
+		log.Error("fleet agent failed to start", "error", err)
 		gw.stop()
 		return exitFailure
 	}
