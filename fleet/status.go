@@ -78,8 +78,8 @@ func (a *Agent) statusLoop() {
 	defer tick.Stop()
 
 	var ow outageWatch
-	owed := false        // a record is due
-	var due time.Time    // when it became due: after one interval it goes whatever the urgent route holds
+	owed := false         // a record is due
+	var due time.Time     // when it became due: after one interval it goes whatever the urgent route holds
 	var retryAt time.Time // after a failed send
 	var lastSent time.Time
 	failures := 0
