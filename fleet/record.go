@@ -16,11 +16,14 @@ const SchemaVersion = 1
 // Record is the status record a box produces (docs/fleet.md documents every
 // field; a test fails when a documented field is missing from a real one).
 type Record struct {
-	Schema     int           `json:"schema"`
-	Gateway    string        `json:"gateway"`
-	Version    string        `json:"version"`
-	At         time.Time     `json:"at"`
-	UptimeS    int64         `json:"uptime_s"`
+	Schema  int       `json:"schema"`
+	Gateway string    `json:"gateway"`
+	Version string    `json:"version"`
+	At      time.Time `json:"at"`
+	UptimeS int64     `json:"uptime_s"`
+	// IntervalS is the box's fleet.status_interval: a box not heard from
+	// for a few of them is silent (link down, or worse).
+	IntervalS  float64       `json:"interval_s"`
 	Config     ConfigState   `json:"config"`
 	Link       LinkState     `json:"link"`
 	Routes     []RouteState  `json:"routes"`
@@ -122,6 +125,7 @@ type Outage struct {
 // Extra is what the record needs beyond the /status snapshot.
 type Extra struct {
 	Started   time.Time
+	Interval  time.Duration
 	Config    ConfigState
 	Clients   ClientsState
 	Flash     FlashState
@@ -138,6 +142,7 @@ func BuildRecord(st *admin.Status, x Extra) *Record {
 		Gateway:     st.GatewayID,
 		Version:     st.Version,
 		At:          st.Time.UTC().Truncate(time.Millisecond),
+		IntervalS:   x.Interval.Seconds(),
 		Config:      x.Config,
 		Link:        LinkState{State: st.Link.State, DownSince: utc(st.Link.DownSince), LastAck: utc(st.Link.LastAck)},
 		Routes:      make([]RouteState, 0, len(st.Routes)),

@@ -186,7 +186,7 @@ func (a *Agent) watchOutage(ow *outageWatch, l admin.LinkStatus, now time.Time) 
 // Status builds the record the box would send now.
 func (a *Agent) Status() *Record {
 	st := a.opts.Snapshot()
-	x := Extra{Started: a.opts.Started, Config: a.configState(), Flash: a.flashState()}
+	x := Extra{Started: a.opts.Started, Interval: a.interval, Config: a.configState(), Flash: a.flashState()}
 	if a.opts.Clients != nil {
 		x.Clients.Connected, x.Clients.Sessions = a.opts.Clients()
 	}

@@ -41,6 +41,9 @@ const usage = `usage:
   gateway deadletter ls|resend|drop [--data-dir DIR] [--admin ADDR]
                                  records Kafka refused for good
   gateway passwd USER            read a password, print a users-file line (bcrypt)
+  gateway fleet keygen|push|ls|exporter
+                                 the central side: signing keys, signed config
+                                 overlays, every box's status (gateway fleet help)
 `
 
 // Exit codes.
@@ -73,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDeadLetter(args[1:], stdout, stderr)
 	case "passwd":
 		return cmdPasswd(args[1:], os.Stdin, stdout, stderr)
+	case "fleet":
+		return cmdFleet(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
