@@ -85,7 +85,13 @@ func (g *gateway) startFleet(fb *fleetBoot, log *slog.Logger) error {
 		Stored:        func() uint64 { return g.buf.Counters().Records },
 		Clients: func() (int, int) {
 			srv := g.brk.Server()
-			return int(atomic.LoadInt64(&srv.Info.ClientsConnected)), srv.Clients.Len()
+			sessions := 0
+			for _, cl := range srv.Clients.GetAll() {
+				if !cl.Net.Inline { // the in-process publisher of receipts
+					sessions++
+				}
+			}
+			return int(atomic.LoadInt64(&srv.Info.ClientsConnected)), sessions
 		},
 		WrittenBytes: processWriteBytes,
 		Running:      g.cfg.Load,
