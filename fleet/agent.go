@@ -38,8 +38,9 @@ type Options struct {
 	// record waits while it is not 0, at most one status interval.
 	UrgentBacklog func() int64
 	// Stored counts the publishes the buffer stored since start
-	// (last_outage.buffered).
-	Stored func() uint64
+	// (last_outage.buffered); Backlog is the undelivered messages now.
+	Stored  func() uint64
+	Backlog func() int64
 	// Clients is the broker's connected clients and known sessions.
 	Clients func() (connected, sessions int)
 	// WrittenBytes is what the process wrote to storage so far

@@ -113,8 +113,11 @@ type Outage struct {
 	// Ended is when the link came back; null: no outage since start.
 	Ended   *time.Time `json:"ended"`
 	Seconds float64    `json:"seconds"`
-	// Buffered counts the publishes stored while the link was down.
-	Buffered uint64 `json:"buffered"`
+	// Buffered counts the publishes stored while the link was down;
+	// BacklogAtReturn the undelivered messages when it came back (those and
+	// what was still waiting when it went down).
+	Buffered        uint64 `json:"buffered"`
+	BacklogAtReturn int64  `json:"backlog_at_return"`
 	// Dropped and Thinned count what the operator's rules removed while
 	// it was down, by reason (max_age, drop_oldest, rejected, ...) and by
 	// thinning step.

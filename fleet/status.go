@@ -57,6 +57,32 @@ type outageWatch struct {
 	since  time.Time
 	stored uint64
 	counts Counts
+	// samples of Stored, one per poll, so the count at the moment the
+	// drain found the link down can be looked up afterwards.
+	samples []storedSample
+	// backlog while down, at the last poll: the drain may have sent it all
+	// by the poll that sees the link up.
+	backlog int64
+}
+
+type storedSample struct {
+	at time.Time
+	n  uint64
+}
+
+// storedAt is the newest sample at or before t (the oldest one if none is).
+func (ow *outageWatch) storedAt(t time.Time) uint64 {
+	if len(ow.samples) == 0 {
+		return 0
+	}
+	n := ow.samples[0].n
+	for _, s := range ow.samples {
+		if s.at.After(t) {
+			break
+		}
+		n = s.n
+	}
+	return n
 }
 
 func (a *Agent) statusLoop() {
@@ -85,20 +111,20 @@ func (a *Agent) statusLoop() {
 	failures := 0
 	a.sampleFlash()
 	for {
-		now := time.Now()
+		becameDue := false
 		select {
 		case <-a.quit:
 			return
 		case <-poll.C:
 		case <-tick.C:
 			a.sampleFlash()
-			if !owed {
-				owed, due = true, now
-			}
+			becameDue = true
 		case <-a.soon:
-			if !owed {
-				owed, due = true, now
-			}
+			becameDue = true
+		}
+		now := time.Now()
+		if becameDue && !owed {
+			owed, due = true, now
 		}
 		l := a.opts.Link()
 		up := l.State == admin.LinkUp
@@ -144,6 +170,15 @@ func (a *Agent) statusLoop() {
 // watchOutage updates ow from the link state; it reports true when an
 // outage just ended (its summary is then in a.outage).
 func (a *Agent) watchOutage(ow *outageWatch, l admin.LinkStatus, now time.Time) bool {
+	if a.opts.Stored != nil {
+		ow.samples = append(ow.samples, storedSample{now, a.opts.Stored()})
+		if len(ow.samples) > 16 {
+			ow.samples = ow.samples[1:]
+		}
+	}
+	if ow.down && l.State != admin.LinkUp && a.opts.Backlog != nil {
+		ow.backlog = a.opts.Backlog()
+	}
 	if l.State == admin.LinkUp {
 		ow.everUp = true
 		if !ow.down {
@@ -155,7 +190,12 @@ func (a *Agent) watchOutage(ow *outageWatch, l admin.LinkStatus, now time.Time) 
 		if a.opts.Stored != nil {
 			o.Buffered = a.opts.Stored() - ow.stored
 		}
-		o.Dropped, o.Thinned = CountsOf(a.opts.Snapshot()).Since(ow.counts)
+		st := a.opts.Snapshot()
+		o.Dropped, o.Thinned = CountsOf(st).Since(ow.counts)
+		for _, r := range st.Routes {
+			o.BacklogAtReturn += r.BacklogMessages
+		}
+		o.BacklogAtReturn = max(o.BacklogAtReturn, ow.backlog)
 		a.mu.Lock()
 		a.outage = o
 		a.mu.Unlock()
@@ -176,9 +216,7 @@ func (a *Agent) watchOutage(ow *outageWatch, l admin.LinkStatus, now time.Time) 
 	if ow.since.IsZero() {
 		ow.since = now
 	}
-	if a.opts.Stored != nil {
-		ow.stored = a.opts.Stored()
-	}
+	ow.stored = ow.storedAt(ow.since)
 	ow.counts = CountsOf(a.opts.Snapshot())
 	return false
 }

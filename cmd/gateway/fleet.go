@@ -83,6 +83,7 @@ func (g *gateway) startFleet(fb *fleetBoot, log *slog.Logger) error {
 		Link:          src.Link,
 		UrgentBacklog: g.urgentBacklog,
 		Stored:        func() uint64 { return g.buf.Counters().Records },
+		Backlog:       func() int64 { n, _ := g.buf.Total(); return n },
 		Clients: func() (int, int) {
 			srv := g.brk.Server()
 			sessions := 0
