@@ -126,11 +126,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if wantsAgainst(args) {
 		return cmdCheckAgainst(args, stdout, stderr)
 	}
-	if _, code := loadConfig("check", args, stdout); code != exitOK {
+	cfg, code := loadConfig("check", args, stdout)
+	if code != exitOK {
 		return code
 	}
 	fmt.Fprintln(stdout, "ok")
-	return exitOK
+	return explainFleet(cfg, configFlag(args), stdout)
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
