@@ -2,9 +2,9 @@ package fleet
 
 import (
 	"context"
-	"log/slog"
 	"crypto/ed25519"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,7 +39,9 @@ func newTestAgent(t *testing.T, brokers []string, id, topic string, keys []Publi
 	cfg.Fleet = config.Fleet{ConfigTopic: topic, StatusInterval: time.Second}
 	ta := &testAgent{}
 	ta.applied.Store(cfg)
-	parse := func(layers [][]byte) (*config.Config, error) { return config.ParseLayers([]byte(baseYAML), layers, nil) }
+	parse := func(layers [][]byte) (*config.Config, error) {
+		return config.ParseLayers([]byte(baseYAML), layers, nil)
+	}
 	a, err := New(Options{
 		Config:   cfg,
 		Snapshot: func() *admin.Status { return &admin.Status{GatewayID: id, Time: time.Now()} },
