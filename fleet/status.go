@@ -104,36 +104,46 @@ func (a *Agent) statusLoop() {
 	defer tick.Stop()
 
 	var ow outageWatch
-	owed := false         // a record is due
-	var due time.Time     // when it became due: after one interval it goes whatever the urgent route holds
-	var retryAt time.Time // after a failed send
+	owed := false           // a record is due
+	var due time.Time       // when it became due: after one interval it goes whatever the urgent route holds
+	var notBefore time.Time // a record owed to an overlay event waits half an interval after the last one
+	var retryAt time.Time   // after a failed send
 	var lastSent time.Time
 	failures := 0
 	a.sampleFlash()
 	for {
-		becameDue := false
+		byTick, byEvent := false, false
 		select {
 		case <-a.quit:
 			return
 		case <-poll.C:
 		case <-tick.C:
 			a.sampleFlash()
-			becameDue = true
+			byTick = true
 		case <-a.soon:
-			becameDue = true
+			byEvent = true
 		}
 		now := time.Now()
-		if becameDue && !owed {
+		switch {
+		case byTick:
+			if !owed {
+				owed, due = true, now
+			}
+			notBefore = now
+		case byEvent && !owed:
+			// Applied or refused overlays go up soon, but a flood of forged
+			// records must not become a flood of status records.
 			owed, due = true, now
+			notBefore = lastSent.Add(a.interval / 2)
 		}
 		l := a.opts.Link()
 		up := l.State == admin.LinkUp
 		if returned := a.watchOutage(&ow, l, now); returned {
 			// The first record after an outage goes as soon as the
 			// urgent route allows.
-			owed, due, retryAt = true, now, time.Time{}
+			owed, due, notBefore, retryAt = true, now, now, time.Time{}
 		}
-		if !owed || !up || now.Before(retryAt) {
+		if !owed || !up || now.Before(retryAt) || now.Before(notBefore) {
 			continue
 		}
 		if a.opts.UrgentBacklog != nil && a.opts.UrgentBacklog() > 0 && now.Sub(due) < a.interval {
