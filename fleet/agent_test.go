@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
@@ -157,3 +158,50 @@ func testLogger(t *testing.T) *slog.Logger {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// A status record rides below the most urgent route: after the link
+// returns, it waits while that route has a backlog (up to one interval).
+func TestStatusWaitsForTheUrgentRoute(t *testing.T) {
+	k := testkit.Kafka(t, testkit.Topics(1, "gateway.status"))
+	cfg, err := config.Parse([]byte(baseYAML), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ID, cfg.DataDir, cfg.Kafka.Brokers = "ship-1", t.TempDir(), k.Addrs
+	cfg.Fleet = config.Fleet{StatusTopic: "gateway.status", StatusInterval: time.Minute}
+	var state atomic.Value
+	state.Store(admin.LinkDown)
+	var urgent atomic.Int64
+	urgent.Store(5)
+	a, err := New(Options{
+		Config:        cfg,
+		Started:       time.Now().Add(-time.Minute),
+		Snapshot:      func() *admin.Status { return &admin.Status{GatewayID: "ship-1", Time: time.Now()} },
+		Link:          func() admin.LinkStatus { return admin.LinkStatus{State: state.Load().(string)} },
+		UrgentBacklog: urgent.Load,
+		Logger:        testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	defer a.Close()
+	c := testkit.Consume(t, k.Addrs, []string{"gateway.status"})
+	time.Sleep(1500 * time.Millisecond) // the agent sees the link down
+	state.Store(admin.LinkUp)
+	// Payments drain for a while; a status record sent now would compete.
+	time.Sleep(2500 * time.Millisecond)
+	cleared := time.Now()
+	urgent.Store(0)
+	recs := c.WaitN(t, 1, 30*time.Second)
+	var r Record
+	if err := json.Unmarshal(recs[0].Value, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.At.Before(cleared.Add(-time.Millisecond)) {
+		t.Fatalf("the status record went at %v, before the urgent route's backlog was gone at %v", r.At, cleared)
+	}
+	if r.LastOutage.Ended == nil || r.LastOutage.Seconds < 60 {
+		t.Fatalf("the first record after the link returned: outage %+v (the box was down since its start a minute ago)", r.LastOutage)
+	}
+}
