@@ -138,9 +138,11 @@ func (a *Agent) statusLoop() {
 		}
 		l := a.opts.Link()
 		up := l.State == admin.LinkUp
-		if returned := a.watchOutage(&ow, l, now); returned {
-			// The first record after an outage goes as soon as the
-			// urgent route allows.
+		if returned := a.watchOutage(&ow, l, now); returned && a.lastOutageSeconds() >= a.interval.Seconds() {
+			// The first record after an outage goes as soon as the urgent
+			// route allows. A blip shorter than an interval waits for the
+			// next tick (it carries the blip): on a link that drops every
+			// few seconds, a record per return would multiply the cost.
 			owed, due, notBefore, retryAt = true, now, now, time.Time{}
 		}
 		if !owed || !up || now.Before(retryAt) || now.Before(notBefore) {
@@ -298,4 +300,10 @@ func (a *Agent) flashState() FlashState {
 		return FlashState{}
 	}
 	return FlashState{BytesWrittenPerDay: float64(last.bytes-first.bytes) / span * 86400, WindowS: span}
+}
+
+func (a *Agent) lastOutageSeconds() float64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.outage.Seconds
 }
