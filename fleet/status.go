@@ -111,6 +111,9 @@ func (a *Agent) statusLoop() {
 	var lastSent time.Time
 	failures := 0
 	a.sampleFlash()
+	// The first record goes as soon as the link is up: a box that just
+	// started shows at the center at once.
+	owed, due, notBefore = true, time.Now(), time.Now()
 	for {
 		byTick, byEvent := false, false
 		select {
