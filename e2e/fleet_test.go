@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -111,6 +113,20 @@ func (f *fleetEnv) startBoxes() {
 	t := f.t
 	for _, id := range f.ids {
 		g := newGateway(t, f.k.Addrs, f.fleetYAML())
+		// Ports below the ephemeral range: with hundreds of boxes starting,
+		// a port picked free may be taken by a client connection before the
+		// box listens on it.
+		mqtt, adm := lowPort(t), lowPort(t)
+		data, err := os.ReadFile(g.cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = bytes.Replace(data, []byte(g.mqttAddr), []byte(mqtt), 1)
+		data = bytes.Replace(data, []byte(g.admin), []byte(adm), 1)
+		if err := os.WriteFile(g.cfgPath, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		g.mqttAddr, g.admin = mqtt, adm
 		g.env = []string{"GATEWAY_ID=" + id}
 		g.logs = &syncBuffer{}
 		g.cmd = exec.Command(gatewayBin, "run", "--config", g.cfgPath)
@@ -141,6 +157,34 @@ func (f *fleetEnv) startBoxes() {
 		}
 		return true
 	}, "%d boxes ready", len(f.boxes))
+}
+
+var (
+	lowPortsMu sync.Mutex
+	lowPorts   = map[int]bool{}
+)
+
+// lowPort is a free 127.0.0.1 port below Linux's ephemeral range
+// (32768-60999), never handed out twice.
+func lowPort(t *testing.T) string {
+	t.Helper()
+	lowPortsMu.Lock()
+	defer lowPortsMu.Unlock()
+	for i := 0; i < 1000; i++ {
+		p := 20000 + rand.IntN(12000)
+		if lowPorts[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		lowPorts[p] = true
+		return fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
 
 // statusReader follows the status topic and keeps every record per box.
