@@ -79,6 +79,10 @@ soak:
 FLEET_BOXES ?= 200
 FLEET_INTERVAL ?= 10s
 fleet-scale:
+	@# every gateway watches its config file: one inotify instance each (Linux's default limit is 128)
+	@need=$$(( $(FLEET_BOXES) + 128 )); have=$$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo $$need); \
+	if [ "$$have" -lt "$$need" ]; then sysctl -w fs.inotify.max_user_instances=$$need || \
+		{ echo "fleet-scale: raise fs.inotify.max_user_instances to $$need"; exit 1; }; fi
 	FLEET_BOXES=$(FLEET_BOXES) FLEET_INTERVAL=$(FLEET_INTERVAL) $(GO) test -count=1 -v -timeout 40m -run '^TestFleet$$' ./e2e/
 	FLEET_START_BOXES=10000 $(GO) test -count=1 -v -run '^TestStartReadsOnlyTheBoxsPartitions$$' ./fleet/
 
