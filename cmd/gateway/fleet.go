@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/IBM/sarama"
-
 	"github.com/edgegw/gateway/admin"
 	"github.com/edgegw/gateway/config"
 	"github.com/edgegw/gateway/fleet"
@@ -100,9 +98,6 @@ func (g *gateway) startFleet(fb *fleetBoot, log *slog.Logger) error {
 		Logger:       log.With("component", "fleet"),
 		Registerer:   g.reg,
 	}
-	if testFleetSarama != nil {
-		opts.SaramaConfig = testFleetSarama
-	}
 	if cfg.Fleet.ConfigTopic != "" {
 		r := g.reloader
 		if r == nil {
@@ -151,6 +146,3 @@ func (g *gateway) urgentBacklog() int64 {
 	}
 	return n
 }
-
-// testFleetSarama, when a test sets it, adjusts the fleet's Kafka clients.
-var testFleetSarama func(*sarama.Config)
