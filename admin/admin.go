@@ -40,6 +40,12 @@ const (
 type Sources struct {
 	GatewayID string
 	Version   string
+	// DataDir is the gateway's data_dir as an absolute path, and Epoch its
+	// buffer's epoch: with the process id they say which gateway answered,
+	// so a tool pointed at one data dir never reads another gateway's
+	// endpoint by mistake (two gateways on one box).
+	DataDir string
+	Epoch   func() string
 	// Ready reports whether MQTT listens and the buffer is open. Kafka being
 	// unreachable must not make it false: buffering is normal work.
 	Ready func() bool

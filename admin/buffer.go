@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"strconv"
 	"strings"
 
@@ -68,7 +69,7 @@ func FetchBuffer(ctx context.Context, addr, token, peek string, n int, out any) 
 	}
 	url := strings.TrimSuffix(base, "/status") + "/buffer"
 	if peek != "" {
-		url += fmt.Sprintf("/peek?route=%s&n=%d", peek, n)
+		url += fmt.Sprintf("/peek?route=%s&n=%d", neturl.QueryEscape(peek), n)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

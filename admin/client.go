@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/edgegw/gateway/internal/console"
 )
 
 // FetchStatus reads GET /status from the admin endpoint at addr ("host:port"
@@ -73,8 +75,12 @@ func statusURL(addr string) (string, error) {
 
 // PrintStatus writes a compact summary of st for a person at a console:
 // link, disk, one row per route, receipts. Ages are relative to st.Time, the
-// gateway's own clock.
+// gateway's own clock. Text a device or Kafka controls (device names, error
+// texts) is printed escaped: no escape sequence reaches the console.
 func PrintStatus(w io.Writer, st *Status) {
+	cw := console.NewWriter(w)
+	defer cw.Flush()
+	w = cw
 	now := st.Time
 	ver := st.Version
 	if ver == "" {
@@ -84,7 +90,10 @@ func PrintStatus(w io.Writer, st *Status) {
 	if !st.Ready {
 		ready = "NOT READY"
 	}
-	fmt.Fprintf(w, "gateway %s (version %s), %s, at %s\n", orDash(st.GatewayID), ver, ready, formatTime(now))
+	fmt.Fprintf(w, "gateway %s (version %s), %s, at %s\n", orDash(console.Escape(st.GatewayID)), console.Escape(ver), ready, formatTime(now))
+	if id := Identity(st); id != "" {
+		fmt.Fprintln(w, id)
+	}
 
 	fmt.Fprintln(w, linkLine(&st.Link, now))
 	fmt.Fprintln(w, diskLine(&st.Disk))
@@ -97,7 +106,7 @@ func PrintStatus(w io.Writer, st *Status) {
 		fmt.Fprintln(tw, "ROUTE\tPRIO\tBACKLOG\tBYTES\tOLDEST\tDROPS(max_age/drop_oldest/rejected)\tETA")
 		removed := false
 		for _, r := range st.Routes {
-			name, prio := r.Name, "-"
+			name, prio := console.Escape(r.Name), "-"
 			if r.Priority != nil {
 				prio = fmt.Sprint(*r.Priority)
 			}
@@ -129,7 +138,7 @@ func PrintStatus(w io.Writer, st *Status) {
 
 func linkLine(l *LinkReport, now time.Time) string {
 	var b strings.Builder
-	state := l.State
+	state := console.Escape(l.State)
 	if state == "" {
 		state = "unknown"
 	}
@@ -156,7 +165,7 @@ func linkLine(l *LinkReport, now time.Time) string {
 		}
 	}
 	if l.LastError != "" && !l.Up {
-		fmt.Fprintf(&b, "\n  last error: %s", l.LastError)
+		fmt.Fprintf(&b, "\n  last error: %s", console.Escape(l.LastError))
 	}
 	return b.String()
 }
@@ -175,7 +184,7 @@ func diskLine(d *DiskReport) string {
 		s += ", buffer file " + FormatBytes(d.FileBytes)
 	}
 	if d.QuarantinedFile != "" {
-		s += "\nWARNING: the buffer file was corrupt at start; kept as " + d.QuarantinedFile + ", a fresh one is in use"
+		s += "\nWARNING: the buffer file was corrupt at start; kept as " + console.Escape(d.QuarantinedFile) + ", a fresh one is in use"
 	}
 	return s
 }
@@ -196,7 +205,7 @@ func receiptsLine(r *ReceiptsReport) string {
 	if len(top) > 0 {
 		parts := make([]string, len(top))
 		for i, d := range top {
-			parts[i] = fmt.Sprintf("%s %d", d.Device, d.Pending)
+			parts[i] = fmt.Sprintf("%s %d", console.Escape(d.Device), d.Pending)
 		}
 		s += " (most: " + strings.Join(parts, ", ") + ")"
 	}
@@ -211,7 +220,7 @@ func droppedText(r *ReceiptsReport) string {
 	var reasons []string
 	for reason, n := range r.Dropped {
 		if n > 0 {
-			reasons = append(reasons, fmt.Sprintf("%s %d", reason, n))
+			reasons = append(reasons, fmt.Sprintf("%s %d", console.Escape(reason), n))
 		}
 	}
 	sort.Strings(reasons)
@@ -309,4 +318,13 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// Identity says which gateway answered: its data dir, buffer epoch and
+// process id ("" when the gateway does not report them, an older release).
+func Identity(st *Status) string {
+	if st.DataDir == "" && st.Epoch == "" {
+		return ""
+	}
+	return fmt.Sprintf("data dir %s, epoch %s, pid %d", orDash(console.Escape(st.DataDir)), orDash(console.Escape(st.Epoch)), st.PID)
 }

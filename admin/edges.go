@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/internal/console"
 )
 
 // What the edges of the data path report (issue "no silent loss at the
@@ -175,8 +176,9 @@ func writeDLCode(w http.ResponseWriter, code int, res DeadLetterResult, err erro
 }
 
 // DeadLetterCall runs a dead-letter action on the gateway behind the admin
-// address: op is "ls", "resend" or "drop".
-func DeadLetterCall(ctx context.Context, addr, op string, ids []uint64, all bool, limit int) (*DeadLetterResult, error) {
+// address: op is "ls", "resend" or "drop". token is the admin bearer token
+// ("" sends none).
+func DeadLetterCall(ctx context.Context, addr, token, op string, ids []uint64, all bool, limit int) (*DeadLetterResult, error) {
 	base, err := statusURL(addr)
 	if err != nil {
 		return nil, err
@@ -195,11 +197,20 @@ func DeadLetterCall(ctx context.Context, addr, op string, ids []uint64, all bool
 	if err != nil {
 		return nil, err
 	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		// not the endpoint's answer (401 without the token, 404 from an
+		// older release): its text says why
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("admin %s: %s: %s", addr, resp.Status, strings.TrimSpace(string(body)))
+	}
 	var res DeadLetterResult
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&res); err != nil {
 		return nil, fmt.Errorf("admin %s: %s: %w", addr, resp.Status, err)
@@ -213,22 +224,22 @@ func DeadLetterCall(ctx context.Context, addr, op string, ids []uint64, all bool
 // edgeLines prints what edgeReports added, for `gateway status`.
 func edgeLines(w io.Writer, st *Status) {
 	for _, p := range st.Problems {
-		fmt.Fprintf(w, "PROBLEM: %s\n", p)
+		fmt.Fprintf(w, "PROBLEM: %s\n", console.Escape(p))
 	}
 	for file, kept := range st.QuarantinedFiles {
-		fmt.Fprintf(w, "quarantined: %s could not be opened; moved aside as %s, a fresh one is in use\n", file, kept)
+		fmt.Fprintf(w, "quarantined: %s could not be opened; moved aside as %s, a fresh one is in use\n", console.Escape(file), console.Escape(kept))
 	}
 	for _, r := range st.Routes {
 		if r.Waiting != nil {
-			fmt.Fprintf(w, "route %s WAITING on topic %s (%s) for %s: %s\n", r.Name, r.Waiting.Topic, r.Waiting.Reason,
-				FormatDuration(secondsDuration(r.Waiting.WaitingForSeconds)), r.Waiting.Error)
+			fmt.Fprintf(w, "route %s WAITING on topic %s (%s) for %s: %s\n", console.Escape(r.Name), console.Escape(r.Waiting.Topic),
+				console.Escape(r.Waiting.Reason), FormatDuration(secondsDuration(r.Waiting.WaitingForSeconds)), console.Escape(r.Waiting.Error))
 		}
 	}
 	if st.DeadLettersTotal > 0 {
 		var parts []string
 		for _, r := range st.Routes {
 			for reason, n := range r.DeadLetters {
-				parts = append(parts, fmt.Sprintf("%s/%s %d", r.Name, reason, n))
+				parts = append(parts, fmt.Sprintf("%s/%s %d", console.Escape(r.Name), console.Escape(reason), n))
 			}
 		}
 		sort.Strings(parts)

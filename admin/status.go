@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"os"
 	"sort"
 	"time"
 )
@@ -23,13 +24,19 @@ const maxDevicesListed = 100
 // `gateway status`. Field names are part of the outside contract: add, never
 // rename or drop.
 type Status struct {
-	GatewayID string        `json:"gateway_id"`
-	Version   string        `json:"version"`
-	Time      time.Time     `json:"time"` // when the server took this snapshot; ages are relative to it
-	Ready     bool          `json:"ready"`
-	Routes    []RouteReport `json:"routes"`
-	Link      LinkReport    `json:"link"`
-	Disk      DiskReport    `json:"disk"`
+	GatewayID string    `json:"gateway_id"`
+	Version   string    `json:"version"`
+	Time      time.Time `json:"time"` // when the server took this snapshot; ages are relative to it
+	Ready     bool      `json:"ready"`
+	// DataDir (absolute), Epoch (the buffer's) and PID say which gateway
+	// answered: `gateway buffer` and `gateway deadletter` refuse an answer
+	// from a gateway that does not own the data dir they were given.
+	DataDir string        `json:"data_dir,omitempty"`
+	Epoch   string        `json:"epoch,omitempty"`
+	PID     int           `json:"pid"`
+	Routes  []RouteReport `json:"routes"`
+	Link    LinkReport    `json:"link"`
+	Disk    DiskReport    `json:"disk"`
 	// Receipts is null while the receipts downlink does not report.
 	Receipts *ReceiptsReport `json:"receipts"`
 	// DeadLettersTotal counts the records in the dead-letter store; per
@@ -156,6 +163,11 @@ func buildStatus(src *Sources, now time.Time) *Status {
 		Version:   src.Version,
 		Time:      now,
 		Ready:     src.Ready(),
+		DataDir:   src.DataDir,
+		PID:       os.Getpid(),
+	}
+	if src.Epoch != nil {
+		st.Epoch = src.Epoch()
 	}
 
 	link := src.Link()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -287,5 +288,54 @@ func TestDownForOnlyWhenDown(t *testing.T) {
 	src.Link = func() LinkStatus { return LinkStatus{State: LinkDown, DownSince: fixedNow.Add(time.Hour)} }
 	if st := buildStatus(&src, fixedNow); st.Link.DownForSeconds != 0 {
 		t.Errorf("DownForSeconds = %v for a DownSince in the future", st.Link.DownForSeconds)
+	}
+}
+
+// Device-controlled text (device names, Kafka's error texts, route waits)
+// reaches the console escaped; /status says which gateway answered.
+func TestPrintStatusEscapesAndSaysWhoAnswered(t *testing.T) {
+	st := &Status{
+		GatewayID: "edge-03",
+		Time:      fixedNow,
+		Ready:     true,
+		DataDir:   "/var/lib/gateway",
+		Epoch:     "0f3c",
+		PID:       4242,
+		Link:      LinkReport{State: LinkDown, LastError: "broker said \x1b]0;owned\x07"},
+		Receipts: &ReceiptsReport{PendingTotal: 1, PendingDevices: 1,
+			ByDevice: []DevicePending{{Device: "t-1\x1b[2J\x1b[H", Pending: 1}}},
+		Routes: []RouteReport{{Name: "payments", Configured: true, Priority: new(int),
+			Waiting: &WaitReport{Topic: "x", Reason: "topic_missing", Error: "e\r\nPROBLEM: fake"}}},
+		Problems: []string{"id \u202eevil"},
+	}
+	var buf bytes.Buffer
+	PrintStatus(&buf, st)
+	out := buf.String()
+	if strings.ContainsAny(out, "\x1b\x07\r\u202e") {
+		t.Fatalf("control characters reached the output:\n%q", out)
+	}
+	for _, want := range []string{`t-1\x1b[2J\x1b[H 1`, `broker said \x1b]0;owned\x07`, `e\r\nPROBLEM: fake`, `id \u202eevil`,
+		"data dir /var/lib/gateway, epoch 0f3c, pid 4242"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// /status names the gateway that answers: data dir, buffer epoch, process.
+func TestStatusSaysWhichGateway(t *testing.T) {
+	f := &fakeSources{}
+	src := f.sources()
+	src.DataDir = "/srv/gw-a"
+	src.Epoch = func() string { return "e-1" }
+	_, base := startServer(t, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := FetchStatus(ctx, strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DataDir != "/srv/gw-a" || st.Epoch != "e-1" || st.PID != os.Getpid() {
+		t.Fatalf("identity: data_dir %q epoch %q pid %d", st.DataDir, st.Epoch, st.PID)
 	}
 }

@@ -4,9 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sort"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -92,17 +95,49 @@ func (b *Buffer) Peek(route string, n int) ([]Record, error) {
 }
 
 // OpenReadOnly opens a buffer file without changing it (no writer, no
-// janitor, no upgrade of an old format): for `gateway buffer` on a copied
-// file or one no gateway runs on. It fails with ErrInUse while a gateway
-// holds the file.
+// janitor, no upgrade of an old format): for `gateway buffer` and `gateway
+// deadletter ls` on a copied file or one no gateway runs on. It fails with
+// ErrInUse while a gateway holds the file.
+//
+// It is run by root on a directory the service user can write, so it trusts
+// nothing in it: buffer.db and its journal files must be regular files, not
+// symbolic links (a planted link could point anywhere) nor devices or FIFOs
+// (/dev/zero would be read until memory runs out), every file is opened
+// read-only, and a journal file is read only up to maxInspectJournal.
 func OpenReadOnly(path string) (*Buffer, error) {
-	if _, err := os.Stat(path); err != nil {
+	f, err := openInspected(path)
+	if err != nil {
 		return nil, fmt.Errorf("buffer: %w", err)
 	}
-	if err := boltfile.Check(path); err != nil {
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
 		return nil, fmt.Errorf("buffer: %w", err)
 	}
-	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true, Timeout: 500 * time.Millisecond})
+	// Everything below opens the file by this name: on Linux the inode
+	// vetted above, whatever is renamed over path meanwhile.
+	name := path
+	if fdPath := fmt.Sprintf("/proc/self/fd/%d", f.Fd()); runtime.GOOS == "linux" {
+		if _, err := os.Stat(fdPath); err == nil {
+			name = fdPath
+		}
+	}
+	if err := boltfile.Check(name); err != nil {
+		return nil, fmt.Errorf("buffer: %s: %w", path, err)
+	}
+	sameInode := func(n string, flag int, mode os.FileMode) (*os.File, error) {
+		g, err := os.OpenFile(n, flag|syscall.O_NONBLOCK, mode)
+		if err != nil {
+			return nil, err
+		}
+		gi, err := g.Stat()
+		if err != nil || !os.SameFile(fi, gi) {
+			g.Close()
+			return nil, fmt.Errorf("%s changed while it was opened", path)
+		}
+		return g, nil
+	}
+	db, err := bolt.Open(name, 0o400, &bolt.Options{ReadOnly: true, Timeout: 500 * time.Millisecond, OpenFile: sameInode})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w (%s); ask it instead: gateway buffer --admin ADDR", ErrInUse, path)
 	}
@@ -172,4 +207,86 @@ func (b *Buffer) hasFirstFormat() bool {
 		})
 	})
 	return found
+}
+
+// maxInspectJournal bounds a journal file read by a read-only look: far
+// above what a gateway leaves (two files of 2 MiB, more only while one
+// checkpoint is late), far below a box's memory.
+const maxInspectJournal = 256 << 20
+
+// openInspected opens a file of a data dir for reading without trusting it:
+// not through a symbolic link, without blocking on a FIFO, and only if it
+// is a regular file.
+func openInspected(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s is a symbolic link: refusing to follow it in a data dir (a gateway never makes one)", path)
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file (%s): refusing to read it", path, fi.Mode().Type())
+	}
+	return f, nil
+}
+
+// readJournalFile reads a journal file for loadJournal: as it is for the
+// gateway's own buffer (write), vetted and bounded for a read-only look.
+func (b *Buffer) readJournalFile(path string, write bool) ([]byte, error) {
+	if write {
+		return os.ReadFile(path)
+	}
+	f, err := openInspected(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	tooLarge := fmt.Errorf("%s is larger than %d bytes, more than any journal a gateway writes: refusing to read it", path, maxInspectJournal)
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if fi.Size() > maxInspectJournal {
+		return nil, tooLarge
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxInspectJournal+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxInspectJournal {
+		return nil, tooLarge // it grew while it was read
+	}
+	return data, nil
+}
+
+// JournalEpoch is the buffer epoch written in the header of the journal of
+// the buffer file at dbPath ("" if there is no journal), read without
+// trusting the data dir. A running gateway's journal carries its epoch, so
+// a tool can tell which gateway holds a data dir.
+func JournalEpoch(dbPath string) (string, error) {
+	epoch := ""
+	for _, p := range journalPaths(dbPath) {
+		f, err := openInspected(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		h := make([]byte, journalHeaderSize)
+		_, err = io.ReadFull(f, h)
+		f.Close()
+		if err != nil {
+			continue
+		}
+		if e, ok := journalEpoch(h); ok && epoch == "" {
+			epoch = e
+		}
+	}
+	return epoch, nil
 }

@@ -220,7 +220,7 @@ func (b *Buffer) loadJournal(applied uint64, write bool) error {
 	b.pending.m = map[uint64][]byte{}
 	var data [2][]byte
 	for i, p := range j.paths {
-		d, err := os.ReadFile(p)
+		d, err := b.readJournalFile(p, write)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("buffer: journal: %w", err)
 		}

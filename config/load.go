@@ -199,13 +199,36 @@ type rawRoute struct {
 }
 
 // Load reads, decodes strictly, applies environment overrides and validates
-// the file at path. A config that is not valid returns Problems.
-func Load(path string) (*Config, error) {
+// the file at path, then opens and parses every file it names (CheckFiles).
+// A config that is not valid returns Problems.
+func Load(path string) (*Config, error) { return LoadEnv(path, os.Environ()) }
+
+// LoadEnv is Load with an explicit environment (KEY=VALUE entries).
+func LoadEnv(path string, environ []string) (*Config, error) {
+	cfg, err := load(path, environ, parseOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if p := CheckFiles(cfg); len(p) > 0 {
+		return nil, p
+	}
+	return cfg, nil
+}
+
+// LoadSettings is LoadEnv without looking at the files the config names
+// (certificates, keys, users and token files): for the commands that only
+// need its addresses and paths (status, buffer, deadletter), which an
+// operator may run without the right to read the service's keys.
+func LoadSettings(path string, environ []string) (*Config, error) {
+	return load(path, environ, parseOptions{skipFiles: true})
+}
+
+func load(path string, environ []string, opts parseOptions) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := Parse(data, os.Environ())
+	cfg, err := parse(data, environ, opts)
 	var p Problems
 	if errors.As(err, &p) {
 		// A syntax error has no key to name; the file is what the reader
@@ -223,9 +246,10 @@ func Load(path string) (*Config, error) {
 const yamlProblem = "yaml: "
 
 // Parse is Load on bytes with an explicit environment (KEY=VALUE entries), so
-// tests need not touch the process environment.
+// tests need not touch the process environment. Of the files the config
+// names it only checks that they are there (Load opens and parses them).
 func Parse(data []byte, environ []string) (*Config, error) {
-	return ParseLayers(data, nil, environ)
+	return parse(data, environ, parseOptions{})
 }
 
 // ParseLayers is Parse of data with overlays merged over it in order (the
@@ -234,6 +258,16 @@ func Parse(data []byte, environ []string) (*Config, error) {
 // overrides apply last, so a GATEWAY_* variable set on the box wins over an
 // overlay. The result is validated as a whole, exactly as a file is.
 func ParseLayers(data []byte, overlays [][]byte, environ []string) (*Config, error) {
+	return parse(data, environ, parseOptions{overlays: overlays})
+}
+
+// parseOptions change what parse checks.
+type parseOptions struct {
+	skipFiles bool     // not even whether the files the config names exist
+	overlays  [][]byte // merged over the file in order (ParseLayers)
+}
+
+func parse(data []byte, environ []string, opts parseOptions) (*Config, error) {
 	v := viper.New()
 	v.SetConfigType("yaml")
 	keys := make([]string, 0, len(defaults))
@@ -245,9 +279,9 @@ func ParseLayers(data []byte, overlays [][]byte, environ []string) (*Config, err
 		v.SetDefault(k, defaults[k])
 	}
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
-		return nil, Problems{yamlProblem + oneLine(err.Error())}
+		return nil, Problems{yamlProblem + yamlErrorLine(data, oneLine(err.Error()))}
 	}
-	for i, o := range overlays {
+	for i, o := range opts.overlays {
 		if err := v.MergeConfig(bytes.NewReader(o)); err != nil {
 			return nil, Problems{fmt.Sprintf("overlay %d: %s%s", i+1, yamlProblem, oneLine(err.Error()))}
 		}
@@ -280,7 +314,7 @@ func ParseLayers(data []byte, overlays [][]byte, environ []string) (*Config, err
 	if err := v.Unmarshal(&r); err != nil {
 		return nil, append(problems, decodeProblems(err).(Problems)...)
 	}
-	cfg, err := r.validate()
+	cfg, err := r.validate(opts)
 	if err != nil {
 		problems = append(problems, err.(Problems)...)
 	}
@@ -354,4 +388,37 @@ func oneLine(s string) string {
 	s = strings.TrimPrefix(s, yamlProblem) // the YAML decoder's own prefix; ours is added once
 	parts := strings.Fields(strings.ReplaceAll(s, "\n", " "))
 	return strings.Join(parts, " ")
+}
+
+var yamlLineRe = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// yamlErrorLine corrects the line of a YAML syntax error. The decoder names
+// the line where the enclosing block started ("line 2: did not find
+// expected key" for a key indented wrongly on line 4), not the line at
+// fault: that is the first line at which the file, cut after it, fails with
+// the same problem.
+func yamlErrorLine(data []byte, msg string) string {
+	m := yamlLineRe.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	problem := m[2]
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	if len(lines) > 5000 {
+		return msg // a config is not that long; not worth a parse per line
+	}
+	var prefix []byte
+	for i, l := range lines {
+		prefix = append(prefix, l...)
+		v := viper.New()
+		v.SetConfigType("yaml")
+		err := v.ReadConfig(bytes.NewReader(prefix))
+		if err == nil {
+			continue
+		}
+		if pm := yamlLineRe.FindStringSubmatch(oneLine(err.Error())); pm != nil && pm[2] == problem {
+			return fmt.Sprintf("line %d: %s", i+1, problem)
+		}
+	}
+	return msg
 }

@@ -10,7 +10,10 @@ import (
 )
 
 // checker collects problems with their key paths.
-type checker struct{ problems Problems }
+type checker struct {
+	problems  Problems
+	skipFiles bool // fileExists checks nothing (LoadSettings)
+}
 
 func (c *checker) addf(key, format string, args ...any) {
 	c.problems = append(c.problems, key+": "+fmt.Sprintf(format, args...))
@@ -77,7 +80,7 @@ func (c *checker) oneOf(key, s string, allowed ...string) string {
 }
 
 func (c *checker) fileExists(key, path string) {
-	if path == "" {
+	if path == "" || c.skipFiles {
 		return
 	}
 	if _, err := os.Stat(path); err != nil {
@@ -92,8 +95,8 @@ func unwrapPathErr(err error) error {
 	return err
 }
 
-func (r *raw) validate() (*Config, error) {
-	c := &checker{}
+func (r *raw) validate(opts parseOptions) (*Config, error) {
+	c := &checker{skipFiles: opts.skipFiles}
 	cfg := &Config{}
 
 	cfg.ID = strings.TrimSpace(r.ID)

@@ -129,6 +129,7 @@ func TestGrafanaDashboardUsesDocumentedMetrics(t *testing.T) {
 			} `json:"list"`
 		} `json:"templating"`
 		Panels []struct {
+			ID      int    `json:"id"`
 			Type    string `json:"type"`
 			Title   string `json:"title"`
 			Targets []struct {
@@ -152,7 +153,12 @@ func TestGrafanaDashboardUsesDocumentedMetrics(t *testing.T) {
 	}
 	var exprs []string
 	queries := 0
+	ids := map[int]string{}
 	for _, p := range dash.Panels {
+		if other, dup := ids[p.ID]; dup {
+			t.Errorf("panels %q and %q share id %d", other, p.Title, p.ID)
+		}
+		ids[p.ID] = p.Title
 		if p.Type == "row" {
 			continue
 		}
@@ -192,5 +198,13 @@ func TestGrafanaDashboardUsesDocumentedMetrics(t *testing.T) {
 	}
 	if queries < 10 || used < 10 {
 		t.Fatalf("only %d queries naming %d metrics: the dashboard format changed?", queries, used)
+	}
+	// What an operator must see at a glance on day two has a panel: dead
+	// letters, refused connections, refused (and ACL-denied) publishes.
+	all := strings.Join(exprs, "\n")
+	for _, want := range []string{"gateway_dead_letters_total", "gateway_mqtt_connect_refused_total", "gateway_ingest_refused_total", `reason="acl_denied"`} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no dashboard panel queries %s", want)
+		}
 	}
 }

@@ -26,6 +26,10 @@ import (
 var gatewayBin string
 
 func TestMain(m *testing.M) {
+	// Never act on a gateway installed on this machine: the CLI's installed
+	// config and environment file are moved out of the way.
+	os.Setenv("GATEWAY_CONFIG", "/nonexistent/gateway-e2e/config.yaml")
+	os.Setenv("GATEWAY_ENV_FILE", "/nonexistent/gateway-e2e/environment")
 	dir, err := os.MkdirTemp("", "gateway-e2e-")
 	if err != nil {
 		panic(err)
@@ -58,6 +62,7 @@ type gatewayProc struct {
 	logs     *syncBuffer
 	exited   chan struct{}
 	env      []string // extra environment, e.g. GATEWAY_* overrides
+	token    string   // admin bearer token, when the config sets admin.token_file
 }
 
 type syncBuffer struct {
@@ -152,7 +157,11 @@ func (g *gatewayProc) start() {
 			g.t.Fatalf("gateway exited during start:\n%s", tail(g.logs, 40))
 		default:
 		}
-		resp, err := http.Get("http://" + g.admin + "/readyz")
+		req, _ := http.NewRequest(http.MethodGet, "http://"+g.admin+"/readyz", nil)
+		if g.token != "" {
+			req.Header.Set("Authorization", "Bearer "+g.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return false
 		}

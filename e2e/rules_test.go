@@ -82,6 +82,7 @@ func TestPaymentsDrainBeforeTelemetryBacklog(t *testing.T) {
 }
 
 type statusDoc struct {
+	PID    int `json:"pid"`
 	Routes []struct {
 		Name            string            `json:"name"`
 		BacklogMessages int64             `json:"backlog_messages"`

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/edgegw/gateway/internal/console"
 )
 
 // Trouble classes, worst first: how `gateway fleet ls` sorts boxes.
@@ -156,12 +158,6 @@ func Age(sec float64) string {
 	return strconv.Itoa(int(d.Hours()/24)) + "d"
 }
 
-// Printable keeps what a box wrote from steering the operator's terminal:
-// control characters are shown escaped.
-func Printable(s string) string {
-	if strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }) < 0 {
-		return s
-	}
-	q := strconv.QuoteToASCII(s)
-	return q[1 : len(q)-1]
-}
+// Printable keeps what a box wrote (its id, release, problems, refusal
+// details) from steering the operator's terminal.
+func Printable(s string) string { return console.Escape(s) }

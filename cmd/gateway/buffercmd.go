@@ -5,25 +5,27 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/edgegw/gateway/admin"
 	"github.com/edgegw/gateway/buffer"
+	"github.com/edgegw/gateway/internal/console"
 )
 
 const bufferUsage = `usage:
-  gateway buffer stats --data-dir DIR   file, epoch, next seq, backlog per route
-  gateway buffer ls --data-dir DIR      routes: messages, bytes, oldest, seq range
-  gateway buffer peek --data-dir DIR --route NAME [-n 10]
+  gateway buffer stats [--data-dir DIR | --config FILE]   file, epoch, next seq, backlog per route
+  gateway buffer ls    [--data-dir DIR | --config FILE]   routes: messages, bytes, oldest, seq range
+  gateway buffer peek  [--data-dir DIR | --config FILE] --route NAME [-n 10]
                                         the oldest undelivered records, decoded
-Read-only. A buffer file in use by a running gateway is asked through its
-admin endpoint instead (--admin ADDR, default 127.0.0.1:9100; --token-file
-when the endpoint needs a token). --file FILE reads a copied buffer file.
+Read-only. The data dir is --data-dir, else data_dir of the config (--config,
+else the installed one) with the unit's environment, else $GATEWAY_DATA_DIR.
+A buffer file in use by a running gateway is asked through its admin endpoint
+instead (--admin, --token-file, default from the same config), after checking
+that the gateway answering is the one running on that data dir. --file FILE
+reads a copied buffer file.
 `
 
 // cmdBuffer looks inside a buffer: the file itself when no gateway holds it
@@ -35,29 +37,38 @@ func cmdBuffer(args []string, stdout, stderr io.Writer) int {
 	}
 	sub := args[0]
 	fs := newFlags("buffer "+sub, stderr)
-	dataDir := fs.String("data-dir", "", "the gateway's data_dir")
+	tf := addTargetFlags(fs, true)
 	file := fs.String("file", "", "a buffer file (e.g. a copy), instead of --data-dir")
-	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin address of a running gateway")
-	tokenFile := fs.String("token-file", "", "file holding the admin bearer token")
 	route := fs.String("route", "", "peek: the route")
 	n := fs.Int("n", 10, "peek: how many records")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
 		return exitUsage
-	}
-	path := *file
-	if path == "" {
-		if *dataDir == "" {
-			fmt.Fprintln(stderr, "gateway buffer: --data-dir DIR or --file FILE is required")
-			return exitUsage
-		}
-		path = filepath.Join(*dataDir, "buffer.db")
 	}
 	if sub == "peek" && *route == "" {
 		fmt.Fprintln(stderr, "gateway buffer peek: --route NAME is required")
 		return exitUsage
 	}
+	t, code := tf.resolve("buffer", stderr)
+	if code != exitOK {
+		return code
+	}
+	path := *file
+	dataDir := t.dataDir
+	if path == "" {
+		if dataDir == "" {
+			fmt.Fprintln(stderr, "gateway buffer: no data dir: give --data-dir DIR, --config FILE or --file FILE")
+			return exitUsage
+		}
+		path = filepath.Join(dataDir, "buffer.db")
+	} else {
+		dataDir = filepath.Dir(path)
+	}
+	cw := console.NewWriter(stdout)
+	defer cw.Flush()
+	stdout = cw
 	var rep buffer.Report
 	var recs []buffer.Record
+	var who *admin.Status
 	b, err := buffer.OpenReadOnly(path)
 	switch {
 	case err == nil:
@@ -71,20 +82,21 @@ func cmdBuffer(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	case errors.Is(err, buffer.ErrInUse):
-		token, terr := readToken(*tokenFile)
-		if terr != nil {
-			fmt.Fprintln(stderr, terr)
-			return exitFailure
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := admin.FetchBuffer(ctx, *adminAddr, token, "", 0, &rep); err != nil {
-			fmt.Fprintf(stderr, "gateway buffer: %s is in use by a running gateway, and its admin endpoint did not answer: %v\n", path, err)
+		st, token, err := askRunning(ctx, "buffer", t, dataDir, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "gateway buffer: %s is in use by a running gateway; asking it at %s: %v\n", path, t.admin, err)
+			return exitFailure
+		}
+		who = st
+		if err := admin.FetchBuffer(ctx, t.admin, token, "", 0, &rep); err != nil {
+			fmt.Fprintln(stderr, err)
 			return exitFailure
 		}
 		if sub == "peek" {
 			var p admin.BufferPeek
-			if err := admin.FetchBuffer(ctx, *adminAddr, token, *route, *n, &p); err != nil {
+			if err := admin.FetchBuffer(ctx, t.admin, token, *route, *n, &p); err != nil {
 				fmt.Fprintln(stderr, err)
 				return exitFailure
 			}
@@ -96,7 +108,7 @@ func cmdBuffer(args []string, stdout, stderr io.Writer) int {
 	}
 	switch sub {
 	case "stats":
-		printStats(stdout, rep)
+		printStats(stdout, rep, who, t.admin)
 	case "ls":
 		printRoutes(stdout, rep)
 	case "peek":
@@ -110,24 +122,16 @@ func cmdBuffer(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func readToken(path string) (string, error) {
-	if path == "" {
-		return "", nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("gateway buffer: token file: %w", err)
-	}
-	return strings.TrimSpace(string(data)), nil
-}
-
-func printStats(w io.Writer, r buffer.Report) {
+func printStats(w io.Writer, r buffer.Report, who *admin.Status, addr string) {
 	src := "the running gateway"
+	if who != nil {
+		src = fmt.Sprintf("the running gateway %s at %s (%s)", console.Escape(orDash(who.GatewayID)), addr, admin.Identity(who))
+	}
 	if r.FromFile {
 		src = "the file (records delivered since the last purge, at most 30 s before it stopped, still count)"
 	}
-	fmt.Fprintf(w, "file:      %s (%d bytes, %d-byte pages, %s)\n", r.Path, r.FileBytes, r.PageSize, r.Format)
-	fmt.Fprintf(w, "epoch:     %s\nnext seq:  %d\nblocks:    %d\nread from: %s\n", r.Epoch, r.NextSeq, r.Blocks, src)
+	fmt.Fprintf(w, "file:      %s (%d bytes, %d-byte pages, %s)\n", console.Escape(r.Path), r.FileBytes, r.PageSize, console.Escape(r.Format))
+	fmt.Fprintf(w, "epoch:     %s\nnext seq:  %d\nblocks:    %d\nread from: %s\n", console.Escape(r.Epoch), r.NextSeq, r.Blocks, src)
 	var msgs, bytes int64
 	for _, rt := range r.Routes {
 		msgs += rt.Messages
@@ -148,22 +152,22 @@ func printRoutes(w io.Writer, r buffer.Report) {
 		if !rt.Oldest.IsZero() {
 			oldest = rt.Oldest.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "%-20s %10d %12d %-25s %d..%d\n", rt.Route, rt.Messages, rt.Bytes, oldest, rt.FirstSeq, rt.LastSeq)
+		fmt.Fprintf(w, "%-20s %10d %12d %-25s %d..%d\n", console.Escape(rt.Route), rt.Messages, rt.Bytes, oldest, rt.FirstSeq, rt.LastSeq)
 	}
 }
 
 func printRecord(w io.Writer, r buffer.Record) {
-	fmt.Fprintf(w, "seq %d  route %s  received %s\n", r.Seq, r.Route, r.Received.UTC().Format(time.RFC3339Nano))
-	fmt.Fprintf(w, "  kafka topic %s  key %s\n", r.KafkaTopic, printable(r.Key, 80))
-	fmt.Fprintf(w, "  mqtt topic %s  client %s\n", r.MQTTTopic, r.ClientID)
+	fmt.Fprintf(w, "seq %d  route %s  received %s\n", r.Seq, console.Escape(r.Route), r.Received.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(w, "  kafka topic %s  key %s\n", console.Escape(r.KafkaTopic), printable(r.Key, 80))
+	fmt.Fprintf(w, "  mqtt topic %s  client %s\n", console.Escape(r.MQTTTopic), console.Escape(r.ClientID))
 	for _, h := range r.Headers {
-		fmt.Fprintf(w, "  header %s = %s\n", h.Key, printable(h.Value, 80))
+		fmt.Fprintf(w, "  header %s = %s\n", console.Escape(h.Key), printable(h.Value, 80))
 	}
 	fmt.Fprintf(w, "  payload (%d bytes) %s\n", len(r.Payload), printable(r.Payload, 200))
 }
 
-// printable shows text as a quoted string and anything else as hex, cut at
-// max bytes.
+// printable shows text as a quoted string (control characters escaped) and
+// anything else as hex, cut at max bytes.
 func printable(b []byte, max int) string {
 	cut := ""
 	if len(b) > max {

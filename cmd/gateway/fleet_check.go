@@ -16,7 +16,7 @@ import (
 // the file and whether the file with them validates. It returns exitUsage
 // for broken key files (the box would not start), else exitOK: a box whose
 // overlay does not fit its file runs the file alone.
-func explainFleet(cfg *config.Config, path string, w io.Writer) int {
+func explainFleet(cfg *config.Config, path string, environ []string, w io.Writer) int {
 	if cfg.Fleet.ConfigTopic == "" {
 		return exitOK
 	}
@@ -49,7 +49,7 @@ func explainFleet(cfg *config.Config, path string, w io.Writer) int {
 		fmt.Fprintln(w, err)
 		return exitUsage
 	}
-	eff, err := config.ParseLayers(data, fleet.Layers(ok, cfg.ID), os.Environ())
+	eff, err := config.ParseLayers(data, fleet.Layers(ok, cfg.ID), environ)
 	if err != nil {
 		fmt.Fprintln(w, "fleet: the file with the applied overlay does not validate, so the gateway runs the file alone:")
 		for _, line := range strings.Split(err.Error(), "\n") {

@@ -167,9 +167,15 @@ func (g *gateway) wait(sig <-chan os.Signal) (os.Signal, error) {
 func backlogCount(b *buffer.Buffer) int64 { n, _ := b.Total(); return n }
 
 func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) admin.Sources {
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		dataDir = cfg.DataDir
+	}
 	return admin.Sources{
 		GatewayID: cfg.ID,
 		Version:   version,
+		DataDir:   dataDir,
+		Epoch:     g.buf.Epoch,
 		// Ready only while the buffer can take writes: a buffer made
 		// unusable (a failed compaction swap) is 503 until the process exits.
 		Ready: func() bool { return g.brk != nil && g.brk.Listening() && g.buf.Err() == nil },

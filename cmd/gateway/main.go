@@ -29,21 +29,40 @@ var (
 
 const usage = `usage:
   gateway run --config FILE      run until SIGINT/SIGTERM
-  gateway check --config FILE    validate a config file
-  gateway check --config FILE --against ADDR
+  gateway check [--config FILE] [--as USER]
+                                 validate a config file and open every file it
+                                 names (as USER: what the service can read)
+  gateway check [--config FILE] --against ADDR
                                  and show what it would change in the gateway
                                  running behind admin address ADDR
-  gateway status [--admin ADDR]  summary from a running gateway's admin endpoint
-                 [--config FILE] [--token-file FILE]
-  gateway version                version, commit, Go version, platform
-  gateway buffer ls|peek|stats --data-dir DIR
-                                 read-only look inside the buffer
-  gateway deadletter ls|resend|drop [--data-dir DIR] [--admin ADDR]
+  gateway status                 summary from a running gateway's admin endpoint
+  gateway buffer ls|peek|stats   read-only look inside the buffer
+  gateway deadletter ls|resend|drop [--all | ID...]
                                  records Kafka refused for good
-  gateway passwd USER            read a password, print a users-file line (bcrypt)
+  gateway passwd [--file FILE] USER
+                                 read a password; print a users-file line
+                                 (bcrypt), or write it into FILE (0640)
   gateway fleet keygen|push|ls|exporter
                                  the central side: signing keys, signed config
                                  overlays, every box's status (gateway fleet help)
+  gateway version                version, commit, Go version, platform
+
+status, buffer, deadletter and check act on the gateway the service runs:
+  --config FILE      its config (default: /etc/gateway/config.yaml when it
+                     exists and --admin is not given; or $GATEWAY_CONFIG)
+  --env-file FILE    its unit's environment file, read with the installed
+                     config (default: /etc/default/gateway; or $GATEWAY_ENV_FILE);
+                     the process environment (GATEWAY_*) wins over it
+  --data-dir DIR     buffer, deadletter: its data dir (default: the config's
+                     data_dir, else $GATEWAY_DATA_DIR)
+  --admin ADDR       its admin endpoint (default: the config's admin.address,
+                     else $GATEWAY_ADMIN_ADDRESS, else 127.0.0.1:9100)
+  --token-file FILE  the admin token (default: the config's admin.token_file,
+                     else $GATEWAY_ADMIN_TOKEN_FILE)
+A command given a data dir that a running gateway holds asks that gateway's
+admin endpoint, and refuses an answer from another gateway.
+
+Exit codes: 0 ok, 1 failure (unreachable, unreadable), 2 bad usage or config.
 `
 
 // Exit codes.
@@ -122,18 +141,6 @@ func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, i
 	return cfg, exitOK
 }
 
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	if wantsAgainst(args) {
-		return cmdCheckAgainst(args, stdout, stderr)
-	}
-	cfg, code := loadConfig("check", args, stdout)
-	if code != exitOK {
-		return code
-	}
-	fmt.Fprintln(stdout, "ok")
-	return explainFleet(cfg, configFlag(args), stdout)
-}
-
 func cmdRun(args []string, stderr io.Writer) int {
 	cfg, code := loadConfig("run", args, stderr)
 	if code != exitOK {
@@ -163,6 +170,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	sd := startNotifier(gw, log)
+	// A log pipe whose reader went away (journald restarting, `make run |
+	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
+	// work: a write fails instead, and the log line is lost.
+	signal.Ignore(syscall.SIGPIPE)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s, ferr := gw.wait(sig)
@@ -186,39 +197,22 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("status", stderr)
-	addr := fs.String("admin", "", "admin endpoint address (default: admin.address of --config, else 127.0.0.1:9100)")
-	path := fs.String("config", "", "read the admin address (and admin.token_file) from this config file")
-	tokenFile := fs.String("token-file", "", "bearer token for the admin endpoint (default: admin.token_file of --config)")
+	tf := addTargetFlags(fs, false)
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return exitUsage
 	}
-	if *path != "" {
-		cfg, err := config.Load(*path)
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return exitUsage
-		}
-		if *addr == "" {
-			*addr = cfg.Admin.Address
-		}
-		if *tokenFile == "" {
-			*tokenFile = cfg.Admin.TokenFile
-		}
+	t, code := tf.resolve("status", stderr)
+	if code != exitOK {
+		return code
 	}
-	token := ""
-	if *tokenFile != "" {
-		var err error
-		if token, err = admin.ReadToken(*tokenFile); err != nil {
-			fmt.Fprintf(stderr, "gateway status: %v\n", err)
-			return exitUsage
-		}
-	}
-	if *addr == "" {
-		*addr = "127.0.0.1:9100"
+	token, err := t.token()
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway status: %v\n", err)
+		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := admin.FetchStatusWithToken(ctx, *addr, token)
+	st, err := admin.FetchStatusWithToken(ctx, t.admin, token)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway status: %v\n", err)
 		return exitFailure

@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgegw/gateway/admin"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/internal/console"
 	"github.com/edgegw/gateway/rules"
 )
 
@@ -362,47 +363,17 @@ func configFlag(args []string) string {
 	return *path
 }
 
-// wantsAgainst reports whether check was asked for a dry-run diff.
-func wantsAgainst(args []string) bool {
-	for _, a := range args {
-		if a == "--against" || a == "-against" || strings.HasPrefix(a, "--against=") || strings.HasPrefix(a, "-against=") {
-			return true
-		}
-	}
-	return false
-}
-
-// cmdCheckAgainst is `gateway check --config FILE --against ADDR`: validate
-// the file, then print what it would change in the gateway running behind
-// the admin endpoint ADDR, one line per key, each marked hot reload or needs
-// restart. Exit 0 (valid, whatever the diff), 2 invalid, 1 unreachable.
-func cmdCheckAgainst(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("check", stderr)
-	path := fs.String("config", "", "path to the YAML config file")
-	addr := fs.String("against", "", "admin address of a running gateway to diff against")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if *path == "" || *addr == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "gateway check: --config FILE is required; --against takes the admin address of a running gateway")
-		return exitUsage
-	}
-	cfg, code := loadConfig("check", []string{"--config", *path}, stdout)
-	if code != exitOK {
-		return code
-	}
+// checkAgainst is the --against part of `gateway check --config FILE
+// --against ADDR`: print what cfg would change in the gateway running
+// behind the admin endpoint ADDR, one line per key, each marked hot reload
+// or needs restart. Exit 0 (valid, whatever the diff), 1 unreachable.
+func checkAgainst(cfg *config.Config, addr, token string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var err error
-	token := ""
-	if cfg.Admin.TokenFile != "" {
-		// the file checked names the token of the gateway it will run
-		if token, err = admin.ReadToken(cfg.Admin.TokenFile); err != nil {
-			fmt.Fprintf(stderr, "gateway check: %v\n", err)
-			return exitUsage
-		}
+	if st, err := admin.FetchStatusWithToken(ctx, addr, token); err == nil {
+		fmt.Fprintf(stdout, "against gateway %s at %s (%s)\n", console.Escape(orDash(st.GatewayID)), addr, orDash(admin.Identity(st)))
 	}
-	running, err := admin.FetchConfigWithToken(ctx, *addr, token)
+	running, err := admin.FetchConfigWithToken(ctx, addr, token)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway check: %v\n", err)
 		return exitFailure
@@ -413,12 +384,14 @@ func cmdCheckAgainst(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	nHot := 0
+	cw := console.NewWriter(stdout)
+	defer cw.Flush()
 	for _, c := range changes {
 		if c.Hot {
 			nHot++
 		}
-		fmt.Fprintln(stdout, c.String())
+		fmt.Fprintln(cw, c.String())
 	}
-	fmt.Fprintf(stdout, "ok: %d changes: %d hot reload, %d need a restart\n", len(changes), nHot, len(changes)-nHot)
+	fmt.Fprintf(cw, "ok: %d changes: %d hot reload, %d need a restart\n", len(changes), nHot, len(changes)-nHot)
 	return exitOK
 }

@@ -73,10 +73,7 @@ func TestLogSwitch(t *testing.T) {
 	}
 }
 
-func TestWantsAgainstAndConfigFlag(t *testing.T) {
-	if !wantsAgainst([]string{"--config", "x", "--against", "a:1"}) || !wantsAgainst([]string{"--against=a:1"}) || wantsAgainst([]string{"--config", "x"}) {
-		t.Error("wantsAgainst")
-	}
+func TestConfigFlag(t *testing.T) {
 	if p := configFlag([]string{"--config", "/etc/gw.yaml"}); p != "/etc/gw.yaml" {
 		t.Errorf("configFlag %q", p)
 	}

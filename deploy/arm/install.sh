@@ -24,6 +24,18 @@ if [ ! -e /etc/gateway/config.yaml ]; then
 	[ -n "$cfg" ] || { echo "install.sh: no /etc/gateway/config.yaml yet: pass a CONFIG" >&2; exit 2; }
 	install -m 0640 -o root -g gateway "$cfg" /etc/gateway/config.yaml
 fi
+# The service's environment (the unit's EnvironmentFile=; the gateway's
+# commands read it too). Kept when present.
+if [ ! -e /etc/default/gateway ]; then
+	install -d /etc/default
+	printf '%s\n' '# Environment of the gateway service (EnvironmentFile= of gateway.service).' \
+		'# gateway status, buffer, deadletter and check read it with /etc/gateway/config.yaml.' \
+		'GATEWAY_DATA_DIR=/var/lib/gateway' >/etc/default/gateway.new
+	chown root:gateway /etc/default/gateway.new
+	chmod 0640 /etc/default/gateway.new
+	mv /etc/default/gateway.new /etc/default/gateway
+fi
+install -d -m 0750 -o gateway -g gateway /var/lib/gateway
 "$bin" check --config /etc/gateway/config.yaml
 
 install -m 0755 "$bin" /usr/local/bin/gateway.new

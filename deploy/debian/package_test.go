@@ -58,8 +58,8 @@ func TestPackageInstallUpgradeRemovePurge(t *testing.T) {
 	deb1 := build("0.3.0", filepath.Join(repo, "config.example.yaml"))
 	deb2 := build("0.3.1", changed)
 
-	// lintian, where installed (apt-get install lintian): no errors. The one
-	// warning left is no-manual-page.
+	// lintian, where installed (apt-get install lintian): no errors (and
+	// the manual page is there: no no-manual-page warning).
 	if _, err := exec.LookPath("lintian"); err == nil {
 		run(t, "/", nil, "lintian", "--fail-on", "error", "--tag-display-limit", "0", deb1)
 	} else {
@@ -86,14 +86,25 @@ func TestPackageInstallUpgradeRemovePurge(t *testing.T) {
 	}
 	assertOwnerMode(t, p("var/lib/gateway"), uid, 0o750)
 	assertOwnerMode(t, p("etc/gateway/config.yaml"), "0", 0o640)
+	assertOwnerMode(t, p("etc/default/gateway"), "0", 0o640)
+	if env := read(t, p("etc/default/gateway")); !strings.Contains(env, "\nGATEWAY_DATA_DIR=/var/lib/gateway\n") {
+		t.Errorf("/etc/default/gateway does not set the data dir:\n%s", env)
+	}
+	if s := dpkgStatus(t, root); !strings.Contains(s, "/etc/default/gateway") {
+		t.Errorf("/etc/default/gateway is not a conffile:\n%s", s)
+	}
+	if _, err := os.Stat(p("usr/share/man/man1/gateway.1.gz")); err != nil {
+		t.Errorf("no manual page: %v", err)
+	}
 	if runtime.GOARCH == "amd64" {
 		if out := run(t, "/", nil, p("usr/bin/gateway"), "version"); !strings.HasPrefix(out, "gateway 0.3.0 ") {
 			t.Errorf("installed binary says %q", out)
 		}
-		run(t, "/", nil, p("usr/bin/gateway"), "check", "--config", p("etc/gateway/config.yaml"))
+		run(t, "/", nil, p("usr/bin/gateway"), "check", "--config", p("etc/gateway/config.yaml"), "--env-file", p("etc/default/gateway"))
 	}
 	unit := read(t, p("usr/lib/systemd/system/gateway.service"))
-	for _, want := range []string{"Type=notify", "WatchdogSec=", "ProtectSystem=strict", "ReadWritePaths=/var/lib/gateway", "NoNewPrivileges=yes", "User=gateway"} {
+	for _, want := range []string{"Type=notify", "WatchdogSec=", "ProtectSystem=strict", "ReadWritePaths=/var/lib/gateway", "NoNewPrivileges=yes", "User=gateway",
+		"EnvironmentFile=-/etc/default/gateway"} {
 		if !strings.Contains(unit, want) {
 			t.Errorf("unit lacks %s", want)
 		}

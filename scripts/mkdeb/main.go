@@ -76,6 +76,13 @@ func run() error {
 		return err
 	}
 	deb := func(p string) string { return filepath.Join(*root, "deploy", "debian", p) }
+	// gateway(1), generated from `gateway help` (cmd/gateway/manpage.go)
+	manPage := filepath.Join(work, "gateway.1.gz")
+	if page, err := os.ReadFile(deb("gateway.1")); err != nil {
+		return err
+	} else if err := writeGzip(manPage, page); err != nil {
+		return err
+	}
 	mode := func(m os.FileMode) *files.ContentFileInfo {
 		return &files.ContentFileInfo{Owner: "root", Group: "root", Mode: m}
 	}
@@ -101,6 +108,10 @@ func run() error {
 				// root:gateway once the user exists (the shipped one holds
 				// no secret; the operator's may).
 				{Source: *conffile, Destination: "/etc/gateway/config.yaml", Type: files.TypeConfigNoReplace, FileInfo: mode(0o644)},
+				// The unit's environment (GATEWAY_DATA_DIR, secrets), read by
+				// the gateway's commands too; 0640 root:gateway by postinst.
+				{Source: deb("gateway.default"), Destination: "/etc/default/gateway", Type: files.TypeConfigNoReplace, FileInfo: mode(0o644)},
+				{Source: manPage, Destination: "/usr/share/man/man1/gateway.1.gz", FileInfo: mode(0o644)},
 				{Source: deb("lintian/gateway"), Destination: "/usr/share/lintian/overrides/gateway", FileInfo: mode(0o644)},
 				{Source: deb("copyright"), Destination: "/usr/share/doc/gateway/copyright", FileInfo: mode(0o644)},
 				{Source: changelog, Destination: "/usr/share/doc/gateway/changelog.gz", FileInfo: mode(0o644)},
@@ -183,12 +194,18 @@ func writeChangelog(path, version string) error {
 	}
 	text := fmt.Sprintf("gateway (%s) stable; urgency=medium\n\n  * Release %s. What changed: /usr/share/doc/gateway/CHANGELOG.md.\n\n -- %s  %s\n",
 		version, version, maintainer, date.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
+	return writeGzip(path, []byte(text))
+}
+
+// writeGzip writes data gzip'd at the best compression without a name or
+// timestamp (gzip -9n), so the package is reproducible.
+func writeGzip(path string, data []byte) error {
 	var b bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&b, gzip.BestCompression)
 	if err != nil {
 		return err
 	}
-	if _, err := zw.Write([]byte(text)); err != nil {
+	if _, err := zw.Write(data); err != nil {
 		return err
 	}
 	if err := zw.Close(); err != nil {
