@@ -377,8 +377,8 @@ func TestFleet(t *testing.T) {
 	// say so.
 	prev := boxConfig(t, f.boxes[0])
 	v1 := f.push("*", "log: {level: info}\n")
+	pushed2 := time.Now() // the push command starts: it reads the key's versions, signs, produces
 	v2 := f.push("*", "log: {level: info}\nbuffer: {max_disk_bytes: 3GiB}\n")
-	pushed2 := time.Now()
 	pushed := pushed2
 	var applied time.Duration
 	testkit.Eventually(t, 10*interval+time.Duration(n/4)*time.Second, func() bool {
@@ -407,7 +407,7 @@ func TestFleet(t *testing.T) {
 			lastApplied = at
 		}
 	}
-	t.Logf("FIGURE time to applied: the last of %d boxes applied overlay %d %v after its push returned; all status records reported it %v after (%v interval)",
+	t.Logf("FIGURE time to applied: the last of %d boxes applied overlay %d %v after `gateway fleet push` started; all status records reported it %v after (%v interval)",
 		n, v2, lastApplied.Sub(pushed2).Round(time.Millisecond), applied.Round(time.Millisecond), interval)
 	for _, g := range f.boxes {
 		c := boxConfig(t, g)
@@ -430,6 +430,7 @@ func TestFleet(t *testing.T) {
 	// Last: by now a record has refusals and an outage in it.
 	t.Run("SchemaMatchesDocs", func(t *testing.T) { checkSchemaDoc(t, sr, f.ids[0]) })
 	t.Run("OverlaySurvivesRestartWithoutKafka", func(t *testing.T) { f.restartOffline(t) })
+	t.Run("LocalFileTakesOver", func(t *testing.T) { f.localTakesOver(t, sr) })
 }
 
 // forged: no signature, a wrong key, a replayed older version, a section
@@ -633,6 +634,45 @@ func (f *fleetEnv) restartOffline(t *testing.T) {
 	if linkState(g) == "up" {
 		t.Fatal("the link is up: Kafka was reachable, the test proves nothing")
 	}
+}
+
+// localTakesOver: an operator on board edits the file so that the applied
+// overlay no longer fits it; the file runs alone, and the box says why.
+func (f *fleetEnv) localTakesOver(t *testing.T, sr *statusReader) {
+	g := f.boxes[0]
+	data, err := os.ReadFile(g.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(data), "kafka_topic: payments, priority: 0}", "kafka_topic: payments, priority: 0, max_bytes: 5GiB}", 1)
+	if edited == string(data) {
+		t.Fatal("the file's payments route was not found")
+	}
+	// 5GiB for payments fits the file's 8GiB, not the overlay's 3GiB.
+	edited += "buffer: {max_disk_bytes: 8GiB}\n"
+	since := time.Now()
+	if err := os.WriteFile(g.cfgPath, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, time.Minute, func() bool {
+		return boxConfig(t, g)["buffer.max_disk_bytes"] == strconv.FormatInt(8<<30, 10)
+	}, "the edited file running alone")
+	if c := boxConfig(t, g); c["routes[0].max_bytes"] != strconv.FormatInt(5<<30, 10) {
+		t.Fatalf("payments max_bytes %s", c["routes[0].max_bytes"])
+	}
+	testkit.Eventually(t, time.Minute, func() bool {
+		rs := sr.byBox(t)[f.ids[0]]
+		r := rs[len(rs)-1].rec
+		if !r.At.After(since) || r.Config.Source != "file" {
+			return false
+		}
+		for _, ref := range r.Config.Refused {
+			if ref.Reason == fleet.ReasonInvalid && strings.Contains(ref.Detail, "routes[0].max_bytes") {
+				return true
+			}
+		}
+		return false
+	}, "the status record says the overlay does not fit the local file")
 }
 
 var fieldRowRe = regexp.MustCompile("^\\| `([a-z_.\\[\\]*]+)` \\|")

@@ -232,27 +232,18 @@ func (a *Agent) Layers() [][]byte {
 
 // SetInForce records whether the applied overlays run: false when the local
 // file with them does not validate (the box then runs the file alone, and
-// reports why).
+// reports why in its next status record).
 func (a *Agent) SetInForce(ok bool, why error) {
 	a.mu.Lock()
-	was := a.inForce
 	a.inForce = ok
 	a.mu.Unlock()
-	if !ok && why != nil && (was || a.lastRefusalDetail() != why.Error()) {
-		v, key := a.newestApplied()
-		a.refuse(Refusal{Key: key, Version: v, Reason: ReasonInvalid,
-			Detail: "the applied overlay does not validate over the local file, which runs alone: " + oneLine(why.Error())})
-		a.kick()
+	if ok || why == nil {
+		return
 	}
-}
-
-func (a *Agent) lastRefusalDetail() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.refused) == 0 {
-		return ""
-	}
-	return a.refused[len(a.refused)-1].Detail
+	v, key := a.newestApplied()
+	a.refuse(Refusal{Key: key, Version: v, Reason: ReasonInvalid,
+		Detail: "the applied overlay does not validate over the local file, which runs alone: " + oneLine(why.Error())})
+	a.kick()
 }
 
 func (a *Agent) newestApplied() (uint64, string) {

@@ -128,7 +128,9 @@ func TestStartReadsOnlyTheBoxsPartitions(t *testing.T) {
 			defer ta.a.Close()
 			testkit.Eventually(t, time.Minute, func() bool {
 				c := ta.applied.Load()
-				return c.Unrouted == "local" && c.Log.Level == "info" && c.Link.MaxBytesPerSecond == int64(16+(boxes/2)%64)<<10
+				st := ta.a.configState() // the agent records what it applied after the apply returned
+				return c.Unrouted == "local" && c.Log.Level == "info" && c.Link.MaxBytesPerSecond == int64(16+(boxes/2)%64)<<10 &&
+					st.Overlays[AllBoxes] == 7 && st.Overlays[id] == 100
 			}, "the box's own overlay over the one for every box applied")
 			took := time.Since(started)
 			in, out := MeterBytes(ta.a.m.configReg)
