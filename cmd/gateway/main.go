@@ -42,6 +42,9 @@ const usage = `usage:
   gateway passwd [--file FILE] USER
                                  read a password; print a users-file line
                                  (bcrypt), or write it into FILE (0640)
+  gateway fleet keygen|push|ls|exporter
+                                 the central side: signing keys, signed config
+                                 overlays, every box's status (gateway fleet help)
   gateway version                version, commit, Go version, platform
 
 status, buffer, deadletter and check act on the gateway the service runs:
@@ -92,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDeadLetter(args[1:], stdout, stderr)
 	case "passwd":
 		return cmdPasswd(args[1:], os.Stdin, stdout, stderr)
+	case "fleet":
+		return cmdFleet(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
@@ -141,6 +146,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return code
 	}
+	cfg, fb, err := bootFleet(cfg, configFlag(args))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
 	gw, err := startGateway(cfg, log)
@@ -151,6 +161,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	if err := gw.watchConfig(configFlag(args), logs); err != nil {
 		log.Error("config file watch failed to start", "error", err)
+		gw.stop()
+		return exitFailure
+	}
+	if err := gw.startFleet(fb, log); err != nil {
+		log.Error("fleet agent failed to start", "error", err)
 		gw.stop()
 		return exitFailure
 	}
