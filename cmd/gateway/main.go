@@ -153,6 +153,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
+	// A log pipe whose reader went away (journald restarting, `make run |
+	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
+	// work: a write fails instead, and the log line is lost.
+	signal.Ignore(syscall.SIGPIPE)
+	// Signals are caught before anything starts: /readyz answers 200 while
+	// the fleet agent and the notifier still start, and a SIGTERM then must
+	// stop the gateway cleanly (it waits in sig until gw.wait reads it), not
+	// end the process with the default action.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	gw, err := startGateway(cfg, log)
 	err = explainLocked(err, cfg.DataDir)
 	if err != nil {
@@ -170,12 +181,6 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	sd := startNotifier(gw, log)
-	// A log pipe whose reader went away (journald restarting, `make run |
-	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
-	// work: a write fails instead, and the log line is lost.
-	signal.Ignore(syscall.SIGPIPE)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s, ferr := gw.wait(sig)
 	signal.Stop(sig)
 	sd.stopping()
