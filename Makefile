@@ -15,7 +15,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CROSS_PKG ?= ./cmd/gateway
 CROSS_NAME ?= $(notdir $(CROSS_PKG))
 
-.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean deb deb-lint faults soak
+.PHONY: all build run test test-arm deps bench bench-wear bench-receipts bench-resources cross fmt vet clean deb deb-lint faults soak fleet-scale bench-fleet
 
 all: build
 
@@ -71,6 +71,24 @@ faults:
 SOAK ?= 30m
 soak:
 	SOAK=$(SOAK) $(GO) test -count=1 -v -timeout 0 -run '^TestSoak$$' ./faults/
+
+# The fleet with FLEET_BOXES real gateway processes against one Kafka-protocol
+# cluster (e2e/fleet_test.go: fleet ls and the exporter, a push to * applied by
+# all, forged overlays refused, the outage after the link returns); prints the
+# FIGURE lines. `make test` runs it with 3 boxes.
+FLEET_BOXES ?= 200
+FLEET_INTERVAL ?= 10s
+fleet-scale:
+	@# every gateway watches its config file: one inotify instance each (Linux's default limit is 128)
+	@need=$$(( $(FLEET_BOXES) + 128 )); have=$$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo $$need); \
+	if [ "$$have" -lt "$$need" ]; then sysctl -w fs.inotify.max_user_instances=$$need || \
+		{ echo "fleet-scale: raise fs.inotify.max_user_instances to $$need"; exit 1; }; fi
+	FLEET_BOXES=$(FLEET_BOXES) FLEET_INTERVAL=$(FLEET_INTERVAL) $(GO) test -count=1 -v -timeout 40m -run '^TestFleet$$' ./e2e/
+	FLEET_START_BOXES=10000 $(GO) test -count=1 -v -run '^TestStartReadsOnlyTheBoxsPartitions$$' ./fleet/
+
+# What the fleet costs a box: link bytes a day, flash with and without status.
+bench-fleet:
+	GO=$(GO) bench/fleet.sh
 
 # Figures of the issue: gateway vs mochi without hook vs mosquitto (bench/run.sh).
 bench:

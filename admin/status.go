@@ -151,6 +151,11 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
+// BuildStatus is the snapshot GET /status serves, read from src at time now.
+// The fleet's status records are made from it, so a record and /status never
+// disagree, and a field added here reaches both.
+func BuildStatus(src *Sources, now time.Time) *Status { return buildStatus(src, now) }
+
 // buildStatus reads every source once and derives the report at time now.
 func buildStatus(src *Sources, now time.Time) *Status {
 	st := &Status{

@@ -22,6 +22,7 @@ type Config struct {
 	ACL      ACL
 	Admin    Admin
 	Log      Log
+	Fleet    Fleet
 }
 
 // MQTT configures the embedded broker's listeners and limits.
@@ -188,6 +189,15 @@ type Admin struct {
 type Log struct {
 	Level  string // debug | info | warn | error
 	Format string // text | json
+}
+
+// Fleet is the central side's view and control of every box: status
+// records up, signed config overlays down (see the fleet package).
+type Fleet struct {
+	StatusTopic    string        // "" disables status records
+	StatusInterval time.Duration // how often a status record goes up while the link is up
+	ConfigTopic    string        // "" disables remote config
+	ConfigKeys     []string      // files holding the ed25519 public keys an overlay must be signed by
 }
 
 // ReceiptsTopic is the receipts Kafka topic with {gateway_id} filled in.

@@ -132,6 +132,10 @@ func Flatten(c *Config) map[string]string {
 	boolean("admin.pprof", c.Admin.Pprof)
 	str("log.level", c.Log.Level)
 	str("log.format", c.Log.Format)
+	str("fleet.status_topic", c.Fleet.StatusTopic)
+	str("fleet.status_interval", c.Fleet.StatusInterval.String())
+	str("fleet.config_topic", c.Fleet.ConfigTopic)
+	list("fleet.config_keys", c.Fleet.ConfigKeys)
 	return m
 }
 
@@ -217,5 +221,6 @@ func WithRestartKeys(next, running *Config) *Config {
 	c.Kafka = running.Kafka
 	c.Receipts = running.Receipts
 	c.Admin = running.Admin
+	c.Fleet = running.Fleet
 	return &c
 }

@@ -99,6 +99,12 @@ var defaults = map[string]any{
 	"mqtt.tls.crl_file":                        "",
 	"receipts.max_devices":                     "10000",
 	"receipts.max_pending_per_device":          "10000",
+
+	// Fleet (status records up, signed config overlays down).
+	"fleet.status_topic":    "",
+	"fleet.status_interval": "60s",
+	"fleet.config_topic":    "",
+	"fleet.config_keys":     []string{},
 }
 
 // raw mirrors the YAML with every scalar as a string, so that all parsing (and
@@ -201,6 +207,12 @@ type raw struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
 	} `mapstructure:"log"`
+	Fleet struct {
+		StatusTopic    string   `mapstructure:"status_topic"`
+		StatusInterval string   `mapstructure:"status_interval"`
+		ConfigTopic    string   `mapstructure:"config_topic"`
+		ConfigKeys     []string `mapstructure:"config_keys"`
+	} `mapstructure:"fleet"`
 }
 
 type rawRoute struct {
@@ -268,9 +280,19 @@ func Parse(data []byte, environ []string) (*Config, error) {
 	return parse(data, environ, parseOptions{})
 }
 
+// ParseLayers is Parse of data with overlays merged over it in order (the
+// fleet's remote config): a mapping in an overlay merges key by key into the
+// one below it, anything else (a list, a scalar) replaces it. Environment
+// overrides apply last, so a GATEWAY_* variable set on the box wins over an
+// overlay. The result is validated as a whole, exactly as a file is.
+func ParseLayers(data []byte, overlays [][]byte, environ []string) (*Config, error) {
+	return parse(data, environ, parseOptions{overlays: overlays})
+}
+
 // parseOptions change what parse checks.
 type parseOptions struct {
-	skipFiles bool // not even whether the files the config names exist
+	skipFiles bool     // not even whether the files the config names exist
+	overlays  [][]byte // merged over the file in order (ParseLayers)
 }
 
 func parse(data []byte, environ []string, opts parseOptions) (*Config, error) {
@@ -286,6 +308,11 @@ func parse(data []byte, environ []string, opts parseOptions) (*Config, error) {
 	}
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
 		return nil, Problems{yamlProblem + yamlErrorLine(data, oneLine(err.Error()))}
+	}
+	for i, o := range opts.overlays {
+		if err := v.MergeConfig(bytes.NewReader(o)); err != nil {
+			return nil, Problems{fmt.Sprintf("overlay %d: %s%s", i+1, yamlProblem, oneLine(err.Error()))}
+		}
 	}
 	// Overrides come from the given environment, not viper's AutomaticEnv, so
 	// the result does not depend on hidden process state in tests.

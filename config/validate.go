@@ -321,6 +321,7 @@ func (r *raw) validate(opts parseOptions) (*Config, error) {
 	}
 	cfg.Log.Level = c.oneOf("log.level", strings.ToLower(r.Log.Level), "debug", "info", "warn", "error")
 	cfg.Log.Format = c.oneOf("log.format", strings.ToLower(r.Log.Format), "text", "json")
+	c.fleet(r, cfg)
 
 	if len(c.problems) > 0 {
 		return nil, c.problems
@@ -335,3 +336,38 @@ func expandACL(f string) string {
 }
 
 func expandGatewayID(s, id string) string { return strings.ReplaceAll(s, "{gateway_id}", id) }
+
+// fleet checks the fleet section: topic names, the status interval, and that
+// remote config names keys to verify overlays with (without one nothing
+// could ever be accepted).
+func (c *checker) fleet(r *raw, cfg *Config) {
+	f := &cfg.Fleet
+	f.StatusTopic = strings.TrimSpace(r.Fleet.StatusTopic)
+	if f.StatusTopic != "" {
+		if err := CheckKafkaTopic(f.StatusTopic); err != nil {
+			c.addf("fleet.status_topic", "%v", err)
+		}
+	}
+	f.StatusInterval = c.duration("fleet.status_interval", r.Fleet.StatusInterval)
+	if f.StatusInterval < time.Second || f.StatusInterval > 24*time.Hour {
+		c.addf("fleet.status_interval", "must be between 1s and 24h, not %v", f.StatusInterval)
+	}
+	f.ConfigTopic = strings.TrimSpace(r.Fleet.ConfigTopic)
+	if f.ConfigTopic != "" {
+		if err := CheckKafkaTopic(f.ConfigTopic); err != nil {
+			c.addf("fleet.config_topic", "%v", err)
+		}
+		if f.ConfigTopic == f.StatusTopic {
+			c.addf("fleet.config_topic", "must differ from fleet.status_topic (boxes write one and only read the other)")
+		}
+	}
+	for i, k := range r.Fleet.ConfigKeys {
+		if k = strings.TrimSpace(k); k != "" {
+			c.fileExists(fmt.Sprintf("fleet.config_keys[%d]", i), k)
+			f.ConfigKeys = append(f.ConfigKeys, k)
+		}
+	}
+	if f.ConfigTopic != "" && len(f.ConfigKeys) == 0 {
+		c.addf("fleet.config_keys", "must list at least one public key file when fleet.config_topic is set (an overlay is applied only if signed by one of them)")
+	}
+}

@@ -84,7 +84,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return checkAgainst(cfg, *against, token, stdout, stderr)
 	}
 	fmt.Fprintln(stdout, "ok")
-	return exitOK
+	return explainFleet(cfg, *path, environ, stdout)
 }
 
 // namesFiles reports whether cfg names files a user could be unable to read.

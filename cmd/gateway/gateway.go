@@ -19,6 +19,7 @@ import (
 	"github.com/edgegw/gateway/broker"
 	"github.com/edgegw/gateway/buffer"
 	"github.com/edgegw/gateway/config"
+	"github.com/edgegw/gateway/fleet"
 	"github.com/edgegw/gateway/receipts"
 	"github.com/edgegw/gateway/rules"
 )
@@ -45,6 +46,8 @@ type gateway struct {
 	reg      *prometheus.Registry
 	reloader *reloader
 	onReload []func(*config.Config)
+
+	fleet *fleet.Agent // status records up, signed overlays down (fleet.go)
 
 	stopOnce sync.Once
 	stopErr  error
@@ -244,6 +247,9 @@ func (g *gateway) problems() []string {
 func (g *gateway) stop() error {
 	g.stopOnce.Do(func() {
 		var errs []error
+		if g.fleet != nil {
+			errs = append(errs, g.fleet.Close()) // no status or overlay during shutdown
+		}
 		g.reloader.close() // no reload during shutdown
 		if g.brk != nil {
 			errs = append(errs, g.brk.Close())

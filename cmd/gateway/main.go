@@ -42,6 +42,9 @@ const usage = `usage:
   gateway passwd [--file FILE] USER
                                  read a password; print a users-file line
                                  (bcrypt), or write it into FILE (0640)
+  gateway fleet keygen|push|ls|exporter
+                                 the central side: signing keys, signed config
+                                 overlays, every box's status (gateway fleet help)
   gateway version                version, commit, Go version, platform
 
 status, buffer, deadletter and check act on the gateway the service runs:
@@ -92,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDeadLetter(args[1:], stdout, stderr)
 	case "passwd":
 		return cmdPasswd(args[1:], os.Stdin, stdout, stderr)
+	case "fleet":
+		return cmdFleet(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "gateway %s (commit %s) %s %s/%s\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
@@ -141,11 +146,21 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return code
 	}
+	cfg, fb, err := bootFleet(cfg, configFlag(args))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	logs := newLogSwitch(cfg.Log, stderr)
 	log := logs.logger()
-	// Before the start: /readyz answers 200 once the broker listens, a bit
-	// before startGateway returns, and a SIGTERM in between (a service
-	// stopped as it comes up) killed the process instead of stopping it.
+	// A log pipe whose reader went away (journald restarting, `make run |
+	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
+	// work: a write fails instead, and the log line is lost.
+	signal.Ignore(syscall.SIGPIPE)
+	// Signals are caught before anything starts: /readyz answers 200 while
+	// the fleet agent and the notifier still start, and a SIGTERM then must
+	// stop the gateway cleanly (it waits in sig until gw.wait reads it), not
+	// end the process with the default action.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
@@ -160,11 +175,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		gw.stop()
 		return exitFailure
 	}
+	if err := gw.startFleet(fb, log); err != nil {
+		log.Error("fleet agent failed to start", "error", err)
+		gw.stop()
+		return exitFailure
+	}
 	sd := startNotifier(gw, log)
-	// A log pipe whose reader went away (journald restarting, `make run |
-	// tee` after a Ctrl-C) must not kill the gateway in the middle of its
-	// work: a write fails instead, and the log line is lost.
-	signal.Ignore(syscall.SIGPIPE)
 	s, ferr := gw.wait(sig)
 	signal.Stop(sig)
 	sd.stopping()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,6 +153,11 @@ type reloader struct {
 
 	mu sync.Mutex // one reload at a time
 
+	// layers are the fleet's signed overlays merged over the file at every
+	// reload (fleet.go); onLayers hears whether they validate over it.
+	layers   [][]byte
+	onLayers func(ok bool, why error)
+
 	ok, failed  prometheus.Counter
 	lastOK      prometheus.Gauge
 	lastSuccess prometheus.Gauge
@@ -223,14 +229,73 @@ func (r *reloader) changed(next *config.Config, err error) {
 		}
 		return
 	}
-	r.apply(next)
+	if len(r.layers) > 0 {
+		next = r.withLayers(next)
+	}
+	r.apply(next, "config file changed")
 	r.ok.Inc()
 	r.lastOK.Set(1)
 	r.lastSuccess.SetToCurrentTime()
 }
 
-// apply swaps in the hot-reloadable parts of next and logs the rest.
-func (r *reloader) apply(next *config.Config) {
+// withLayers merges the fleet overlays over the file that just validated.
+// If the file with them does not validate, the file runs alone: the local
+// file is the base an operator on board can always fall back on.
+func (r *reloader) withLayers(file *config.Config) *config.Config {
+	data, err := os.ReadFile(r.path)
+	if err == nil {
+		var eff *config.Config
+		if eff, err = config.ParseLayers(data, r.layers, os.Environ()); err == nil {
+			if r.onLayers != nil {
+				r.onLayers(true, nil)
+			}
+			return eff
+		}
+	}
+	r.log.Error("the fleet overlay does not validate over the changed file; running the file alone", "path", r.path, "error", err)
+	if r.onLayers != nil {
+		r.onLayers(false, err)
+	}
+	return file
+}
+
+// checkLayers validates the file with layers merged over it; nothing changes.
+func (r *reloader) checkLayers(layers [][]byte) error {
+	data, err := os.ReadFile(r.path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	_, err = config.ParseLayers(data, layers, os.Environ())
+	return err
+}
+
+// applyLayers makes the gateway run the file with layers merged over it,
+// through the same diff and hot reload as a changed file; a result that does
+// not validate changes nothing. It returns the changed keys that wait for a
+// restart.
+func (r *reloader) applyLayers(layers [][]byte) ([]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	data, err := os.ReadFile(r.path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	next, err := config.ParseLayers(data, layers, os.Environ())
+	if err != nil {
+		r.failed.Inc()
+		return nil, err
+	}
+	r.layers = layers
+	restart := r.apply(next, "fleet config overlay")
+	r.ok.Inc()
+	r.lastOK.Set(1)
+	r.lastSuccess.SetToCurrentTime()
+	return restart, nil
+}
+
+// apply swaps in the hot-reloadable parts of next and logs the rest, which
+// it returns (the keys that need a restart).
+func (r *reloader) apply(next *config.Config, why string) []string {
 	g := r.g
 	running := g.cfg.Load()
 	var hot, restart []string
@@ -248,8 +313,8 @@ func (r *reloader) apply(next *config.Config) {
 		r.log.Warn("config keys changed that need a restart; not applied", "keys", strings.Join(restart, ", "))
 	}
 	if len(hot) == 0 {
-		r.log.Info("config file changed; nothing to apply without a restart", "path", r.path)
-		return
+		r.log.Info(why+"; nothing to apply without a restart", "path", r.path)
+		return restart
 	}
 	eff := config.WithRestartKeys(next, running)
 	g.applyHot(eff)
@@ -257,7 +322,8 @@ func (r *reloader) apply(next *config.Config) {
 		r.logs.set(eff.Log)
 	}
 	g.cfg.Store(eff)
-	r.log.Info("config reloaded", "path", r.path, "changes", strings.Join(hot, "; "))
+	r.log.Info("config reloaded", "cause", why, "path", r.path, "changes", strings.Join(hot, "; "))
+	return restart
 }
 
 // applyHot swaps every hot-reloadable part of cfg into the running
