@@ -95,7 +95,7 @@ var defaults = map[string]any{
 	"mqtt.max_retained_messages_per_client":    "100",
 	"mqtt.max_retained_bytes_per_client":       "1MiB",
 	"mqtt.max_pending_connections":             "1024",
-	"mqtt.max_pending_connections_per_address": "64",
+	"mqtt.max_pending_connections_per_address": "256",
 	"mqtt.tls.crl_file":                        "",
 	"receipts.max_devices":                     "10000",
 	"receipts.max_pending_per_device":          "10000",

@@ -488,7 +488,7 @@ func TestHostileRetainedWillOnReceiptsTopic(t *testing.T) {
 
 // Finding 8 (connections before login): 10,000 silent TCP connections held
 // 165 MB until their deadline. Now at most mqtt.max_pending_connections_per_address
-// (64) from one address are kept, the rest closed at once and counted; a
+// (256) from one address are kept, the rest closed at once and counted; a
 // terminal from another address logs in meanwhile.
 func TestHostileSilentConnections(t *testing.T) {
 	kafka := testkit.Kafka(t, testkit.Topics(1, "payments", "telemetry"))
@@ -508,10 +508,10 @@ func TestHostileSilentConnections(t *testing.T) {
 		conns = append(conns, c)
 	}
 	testkit.Eventually(t, 30*time.Second, func() bool {
-		return g.metricSum("gateway_mqtt_connections_refused_total", `reason="pending_address"`) == 2000-64
-	}, "refused %v, want %d", g.metricSum("gateway_mqtt_connections_refused_total", `reason="pending_address"`), 2000-64)
-	if n := g.metric("gateway_mqtt_pending_connections"); n != 64 {
-		t.Errorf("gateway_mqtt_pending_connections %v, want 64", n)
+		return g.metricSum("gateway_mqtt_connections_refused_total", `reason="pending_address"`) == 2000-256
+	}, "refused %v, want %d", g.metricSum("gateway_mqtt_connections_refused_total", `reason="pending_address"`), 2000-256)
+	if n := g.metric("gateway_mqtt_pending_connections"); n != 256 {
+		t.Errorf("gateway_mqtt_pending_connections %v, want 256", n)
 	}
 	// a terminal behind another address is not held back
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
