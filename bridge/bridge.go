@@ -470,6 +470,16 @@ var (
 	headerEpoch        = []byte("gw.epoch")
 )
 
+// bridgeSets reports whether the bridge sets header name itself on every
+// record.
+func bridgeSets(name string) bool {
+	switch name {
+	case "mqtt.topic", "mqtt.client_id", "gw.id", "gw.seq", "gw.epoch":
+		return true
+	}
+	return false
+}
+
 // bytesOf is s's bytes without a copy. Header keys and values are only read
 // by sarama (encoded into the batch), and the strings of a buffered record
 // are never changed, so sharing is safe; copying them was a tenth of the
@@ -526,9 +536,18 @@ func (b *Bridge) messageIn(sl *slab, rec *buffer.Record) *sarama.ProducerMessage
 	hs[2] = sarama.RecordHeader{Key: headerGatewayID, Value: bytesOf(b.opts.GatewayID)}
 	hs[3] = sarama.RecordHeader{Key: headerSeq, Value: seq}
 	hs[4] = sarama.RecordHeader{Key: headerEpoch, Value: bytesOf(b.buf.Epoch())}
-	for i, h := range rec.Headers {
-		hs[5+i] = sarama.RecordHeader{Key: bytesOf(h.Key), Value: h.Value}
+	n := 5
+	for _, h := range rec.Headers {
+		if bridgeSets(h.Key) {
+			// Set above, once: the broker no longer copies a user property
+			// of a reserved name, but records buffered by an older release
+			// may still carry one.
+			continue
+		}
+		hs[n] = sarama.RecordHeader{Key: bytesOf(h.Key), Value: h.Value}
+		n++
 	}
+	hs = hs[:n:n]
 	enc := take(&sl.encs, 2)
 	enc[0], enc[1] = rec.Key, rec.Payload
 	if enc[0] == nil {

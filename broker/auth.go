@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/tls"
+	"encoding/asn1"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -102,6 +103,8 @@ var (
 	refuseLogin    = [2]packets.Code{packets.ErrBadUsernameOrPassword, packets.Err3NotAuthorized} // 3.1.1 code 5, as mochi maps it
 	refuseNotAuth  = [2]packets.Code{packets.ErrNotAuthorized, packets.Err3NotAuthorized}
 	refuseBusy     = [2]packets.Code{packets.ErrConnectionRateExceeded, packets.Err3ServerUnavailable}
+	refuseTopic    = [2]packets.Code{packets.ErrTopicNameInvalid, packets.Err3NotAuthorized}
+	refuseProtocol = [2]packets.Code{packets.ErrProtocolViolation, packets.Err3ServerUnavailable} // MQTT 5 only
 )
 
 // refuse answers CONNECT with the code for the client's protocol version and
@@ -119,6 +122,13 @@ func (h *authHook) refuse(cl *mqtt.Client, codes [2]packets.Code, why string) er
 // OnConnect decides who the client is and whether it may use its client id
 // and its will, before mochi touches any session (see authHook).
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if g := guardOf(cl); g != nil {
+		g.client.Store(cl)
+		if why := g.protocolError(); why != "" {
+			// MQTT 5 3.1.2.11: mochi v2.7.9 accepts these
+			return h.refuse(cl, refuseProtocol, why)
+		}
+	}
 	if len(pk.Connect.ClientIdentifier) > h.maxClientID {
 		return h.refuse(cl, refuseClientID, "client_id_too_long")
 	}
@@ -168,6 +178,19 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if pk.Connect.WillFlag {
+		t := pk.Connect.WillTopic
+		switch rs := h.b.rules(); {
+		case topicTooLong(t, h.b.bounds.bounds) || topicTooDeep(t, h.b.bounds.bounds):
+			return h.refuse(cl, refuseTopic, "will_topic_invalid")
+		case h.b.isReceiptsTopic(t):
+			// only the gateway publishes there: a will would be taken for
+			// a receipt (a retained one, for good)
+			return h.refuse(cl, refuseNotAuth, "will_denied")
+		case rs.Match(t) == nil && rs.Unrouted != "local":
+			// a publish there would be refused (unrouted: reject): so is
+			// a will, at CONNECT, where the terminal hears of it
+			return h.refuse(cl, refuseTopic, "will_unrouted")
+		}
 		allowed := mqtt.IsValidFilter(pk.Connect.WillTopic, true) && h.allowed(cl, pk.Connect.WillTopic, true)
 		// mochi may end the connection before OnDisconnect runs (a failed
 		// CONNACK write): keep nothing keyed by cl from here; the ACL is
@@ -187,8 +210,10 @@ func (h *authHook) authConfigured() bool { return len(h.users) > 0 || h.b.certLo
 // or why it is refused and with which codes.
 func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity string, codes [2]packets.Code, why string) {
 	user := string(pk.Connect.Username)
-	cn := certCN(cl)
+	cn, ambiguous := certIdentity(cl)
 	switch {
+	case ambiguous:
+		return "", refuseLogin, "certificate_cn_ambiguous"
 	case cn != "" && (user == "" || user == cn) && len(pk.Connect.Password) == 0:
 		// A certificate verified against client_ca_file is a complete
 		// login; a user name equal to its CN adds nothing.
@@ -211,7 +236,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity st
 	if !known {
 		hash = h.dummy
 	}
-	ok, busy := h.logins.check(cl.Net.Remote, hash, pk.Connect.Password)
+	ok, busy := h.logins.check(cl.Net.Remote, user, hash, pk.Connect.Password)
 	switch {
 	case busy:
 		return "", refuseBusy, "login_backoff"
@@ -232,29 +257,82 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 // OnPacketEncode announces topic_alias_max in a successful MQTT 5 CONNACK
 // (mochi v2.7.9 enforces its TopicAliasMaximum but never announces it, and
 // a client may use no alias it was not told of).
+//
+// A CONNACK refusing an MQTT 3.1.1 client carries a 3.1.1 return code:
+// mochi v2.7.9 maps some MQTT 5 reason codes, and sends others (0x80, 0x82)
+// as they are, which 3.1.1 does not define. Where 3.1.1 has no equivalent
+// (a malformed CONNECT, a protocol error) it says to close the connection
+// without a CONNACK, and frameGuard.Write holds such a CONNACK back
+// (TestConnack311Codes).
 func (h *authHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
 		pk.Properties.TopicAliasMaximum = h.b.server.Options.Capabilities.TopicAliasMaximum
+	}
+	if cl.Properties.ProtocolVersion < 5 && pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		if c, ok := v3ConnackCodes[pk.ReasonCode]; ok {
+			pk.ReasonCode = c
+		}
 	}
 	return pk
 }
 
-// certCN is the subject CN of the client's verified certificate, or "".
+// v3ConnackCodes maps the MQTT 5 CONNACK reason codes that have a 3.1.1
+// equivalent. mochi answers a 3.1.1 persistent session without a client id
+// with 0x80; 3.1.1 says 0x02 (identifier rejected).
+var v3ConnackCodes = map[byte]byte{
+	packets.ErrUnspecifiedError.Code:           packets.Err3ClientIdentifierNotValid.Code,
+	packets.ErrUnsupportedProtocolVersion.Code: packets.Err3UnsupportedProtocolVersion.Code,
+	packets.ErrClientIdentifierNotValid.Code:   packets.Err3ClientIdentifierNotValid.Code,
+	packets.ErrBadUsernameOrPassword.Code:      packets.Err3NotAuthorized.Code, // as mochi maps it
+	packets.ErrNotAuthorized.Code:              packets.Err3NotAuthorized.Code,
+	packets.ErrServerUnavailable.Code:          packets.Err3ServerUnavailable.Code,
+	packets.ErrServerBusy.Code:                 packets.Err3ServerUnavailable.Code,
+	packets.ErrQuotaExceeded.Code:              packets.Err3ServerUnavailable.Code,
+	packets.ErrConnectionRateExceeded.Code:     packets.Err3ServerUnavailable.Code,
+	packets.ErrBadAuthenticationMethod.Code:    packets.Err3NotAuthorized.Code,
+}
+
+// certCN is the subject CN of the client's verified certificate, or "" (no
+// certificate, or one whose subject names more than one CN).
 func certCN(cl *mqtt.Client) string {
+	cn, _ := certIdentity(cl)
+	return cn
+}
+
+// certIdentity is the subject CN of the client's verified certificate;
+// ambiguous when the subject holds several CNs: Go's pkix.Name keeps the
+// last one, another reader may take the first, so such a certificate names
+// no identity and its login is refused.
+func certIdentity(cl *mqtt.Client) (cn string, ambiguous bool) {
 	conn := cl.Net.Conn
-	if g, ok := conn.(*frameGuard); ok {
+	if g := guardOf(cl); g != nil {
 		conn = g.Conn
 	}
 	tc, ok := conn.(*tls.Conn)
 	if !ok {
-		return ""
+		return "", false
 	}
 	st := tc.ConnectionState()
 	if len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
-		return "" // no certificate, or one nobody verified
+		return "", false // no certificate, or one nobody verified
 	}
-	return st.VerifiedChains[0][0].Subject.CommonName
+	subject := st.VerifiedChains[0][0].Subject
+	n := 0
+	for _, atv := range subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			n++
+		}
+	}
+	if n > 1 {
+		return "", true
+	}
+	return subject.CommonName, false
 }
+
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
 // OnACLCheck: a publish topic must match a publish filter; a subscription
 // filter must lie entirely within a subscribe filter.
@@ -274,7 +352,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *authHook) allowed(cl *mqtt.Client, topic string, write bool) bool {
 	acl := h.acl.Load()
 	if acl == nil {
-		return true
+		return write || h.b.bounds.subscribing(cl, topic) || h.b.bounds.allowDelivery(cl, topic)
 	}
 	c := h.clientFilters(cl, acl)
 	if write {
@@ -287,7 +365,10 @@ func (h *authHook) allowed(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	for _, f := range c.subscribe {
 		if filterWithin(topic, f) {
-			return true
+			// mochi asks the same for a subscription and for each delivery
+			// (publishToClient, before it stores anything): a delivery
+			// also needs room in the client's window.
+			return h.b.bounds.subscribing(cl, topic) || h.b.bounds.allowDelivery(cl, topic)
 		}
 	}
 	return false

@@ -57,6 +57,11 @@ type Broker struct {
 	ws     *wsListener
 	store  *sessionStore // closed after the ackers, see Close
 	limits *sessionLimits
+	bounds *boundsHook
+
+	retained       *retainedBook // retained messages per client and in total
+	pending        *pendingConns // connections not logged in yet
+	receiptsFilter []string      // receipts.mqtt_topic for any device, split in levels
 
 	ackers    sync.WaitGroup
 	listening atomic.Bool
@@ -70,6 +75,13 @@ type Broker struct {
 	refused  *prometheus.CounterVec
 	refusals sync.Map // route -> *atomic.Uint64 (the "rejected" drops of /status)
 	logs     logonce.Set
+	// logEvery rate-limits what one client can make the broker log (see
+	// logonce.Every): once a minute per client and kind.
+	logEvery logonce.Every
+
+	malformed       prometheus.Counter // packets refused before mochi decoded them (frameGuard)
+	reservedDropped prometheus.Counter // user properties with a reserved header name, not copied
+	clientPanics    prometheus.Counter // panics in mochi contained to their client (serveConn)
 
 	quarantined string // where a corrupt sessions.db was moved at start, or ""
 }
@@ -91,7 +103,10 @@ func New(opts Options) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.MQTT.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(cfg.MQTT.MaxInflight)
-	caps.MaximumInflight = uint16(max(cfg.MQTT.MaxInflight, 1024))
+	// The whole in-flight map of a client: its deliveries (at most
+	// max_inflight, see boundsHook), its own QoS 2 publishes awaiting
+	// PUBREL (at most max_inflight, the receive maximum) and one receipt.
+	caps.MaximumInflight = uint16(min(2*cfg.MQTT.MaxInflight+1, 65535))
 	// Resource bounds (DESIGN invariant 12). mochi's defaults keep an
 	// 8,192-slot outbound queue per client, stored sessions included, and
 	// accept 65,535 topic aliases and sessions that never expire.
@@ -101,7 +116,8 @@ func New(opts Options) (*Broker, error) {
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true, // receipts are published in-process
 		Capabilities: caps,
-		Logger:       lg.With("component", "mqtt"),
+		// no payloads, and at most once a minute per client and message
+		Logger: slog.New(newMochiLog(lg.Handler())).With("component", "mqtt"),
 	})
 
 	users := map[string][]byte{}
@@ -132,6 +148,10 @@ func New(opts Options) (*Broker, error) {
 	b.auth.acl.Store(&acl)
 	b.ingest = &ingestHook{b: b}
 	b.downlink = &downlinkHook{b: b, inflight: map[string]downlinkInflight{}, recent: map[string]*recentIDs{}}
+	b.bounds = newBoundsHook(b, cfg, lg)
+	b.retained = newRetainedBook(cfg.MQTT.Bounds)
+	b.pending = newPendingConns(cfg.MQTT.Bounds.MaxPending, cfg.MQTT.Bounds.MaxPendingPerAddress)
+	b.receiptsFilter = receiptsFilterOf(cfg)
 
 	b.stored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_ingest_messages_total",
@@ -149,8 +169,28 @@ func New(opts Options) (*Broker, error) {
 		Name: "gateway_mqtt_sessions_evicted_total",
 		Help: "Stored sessions of offline clients removed because mqtt.max_sessions was reached (longest offline first).",
 	})
+	b.malformed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_mqtt_malformed_packets_total",
+		Help: "Packets the gateway refused before the MQTT broker decoded them (a SUBSCRIBE or UNSUBSCRIBE that is cut short); each ended its client's connection.",
+	})
+	b.reservedDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_ingest_user_properties_dropped_total",
+		Help: "MQTT 5 user properties not copied into Kafka headers because their name is reserved for the gateway's own (gw.*, mqtt.*).",
+	})
+	b.clientPanics = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_mqtt_client_panics_total",
+		Help: "Panics in the MQTT broker while reading a client's packets, contained to that client: it was disconnected, everyone else went on.",
+	})
+	retainedCount := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gateway_mqtt_retained_messages",
+		Help: "Retained messages clients set and the broker holds (bounded by mqtt.max_retained_messages).",
+	}, func() float64 { n, _ := b.retained.usage(); return float64(n) })
+	retainedBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gateway_mqtt_retained_bytes",
+		Help: "Their bytes: topic, payload and properties (bounded by mqtt.max_retained_bytes).",
+	}, func() float64 { _, n := b.retained.usage(); return float64(n) })
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.stored, b.refused, b.loginRefused, b.sessionsEvicted} {
+		for _, c := range []prometheus.Collector{b.pending.refused, b.pending.gauge, retainedCount, retainedBytes, b.stored, b.refused, b.loginRefused, b.sessionsEvicted, b.malformed, b.clientPanics, b.reservedDropped, b.bounds.deliveriesDropped, b.bounds.subsRefused} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("broker: metrics: %w", err)
 			}
@@ -180,6 +220,10 @@ func New(opts Options) (*Broker, error) {
 		if err := b.server.AddHook(store, nil); err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
+	}
+
+	if err := b.server.AddHook(b.bounds, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 
 	b.limits = &sessionLimits{b: b, log: lg, expiry: cfg.MQTT.MaxSessionExpiry, max: cfg.MQTT.MaxSessions,
@@ -218,29 +262,29 @@ func (b *Broker) stopListenerClients(listener string) {
 func (b *Broker) Quarantined() string { return b.quarantined }
 
 func (b *Broker) addListeners(cfg *config.Config) error {
-	maxPacket := uint32(cfg.MQTT.MaxPacketSize)
 	limits := connLimits{connectTimeout: cfg.MQTT.ConnectTimeout, maxConnect: uint32(cfg.MQTT.MaxConnectSize),
-		stopClients: b.stopListenerClients}
+		maxPacket: uint32(cfg.MQTT.MaxPacketSize), stopClients: b.stopListenerClients,
+		events: &connEvents{malformed: b.countMalformed}, panicked: b.endPanicked, pending: b.pending}
 	if cfg.MQTT.Address != "" {
-		l := newTCPListener("tcp", cfg.MQTT.Address, nil, maxPacket, limits)
+		l := newTCPListener("tcp", cfg.MQTT.Address, nil, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.address %s: %w", cfg.MQTT.Address, err)
 		}
 	}
 	if t := cfg.MQTT.TLS; t.Address != "" {
-		tc, err := serverTLS(t, cfg.MQTT.UsersFile != "")
+		tc, err := serverTLS(t, cfg.MQTT.UsersFile != "", func() { b.countLoginRefused("certificate_revoked") }, b.log)
 		if err != nil {
 			return err
 		}
-		l := newTCPListener("tls", t.Address, tc, maxPacket, limits)
+		l := newTCPListener("tls", t.Address, tc, limits)
 		b.tcp = append(b.tcp, l)
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("broker: mqtt.tls.address %s: %w", t.Address, err)
 		}
 	}
 	if cfg.MQTT.WebsocketAddress != "" {
-		ws := newWSListener("ws", cfg.MQTT.WebsocketAddress, maxPacket, limits)
+		ws := newWSListener("ws", cfg.MQTT.WebsocketAddress, limits)
 		b.ws = ws
 		if err := b.server.AddListener(ws); err != nil {
 			return fmt.Errorf("broker: mqtt.websocket_address %s: %w", cfg.MQTT.WebsocketAddress, err)
@@ -252,7 +296,10 @@ func (b *Broker) addListeners(cfg *config.Config) error {
 // serverTLS builds the TLS listener's config. With client_ca_file, a client
 // certificate is verified when presented; it is required unless passwords
 // (a users file) are another way in.
-func serverTLS(t config.ListenerTLS, passwords bool) (*tls.Config, error) {
+//
+// With crl_file, a client certificate its issuer's CRL lists is refused in
+// the handshake (revoked is called for each).
+func serverTLS(t config.ListenerTLS, passwords bool, revoked func(), log *slog.Logger) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("broker: mqtt.tls.cert_file/key_file: %w", err)
@@ -272,6 +319,24 @@ func serverTLS(t config.ListenerTLS, passwords bool) (*tls.Config, error) {
 		if passwords {
 			tc.ClientAuth = tls.VerifyClientCertIfGiven
 		}
+		if t.CRLFile != "" {
+			rv, err := loadCRLs(t.CRLFile, parseCerts(pem), time.Now())
+			if err != nil {
+				return nil, fmt.Errorf("broker: %w", err)
+			}
+			for _, issuer := range rv.stale {
+				log.Warn("broker: a CRL of mqtt.tls.crl_file is past its next update; it still applies, but fetch a fresh one", "issuer", issuer)
+			}
+			tc.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+				if err := rv.check(chains); err != nil {
+					if revoked != nil {
+						revoked()
+					}
+					return err
+				}
+				return nil
+			}
+		}
 	}
 	return tc, nil
 }
@@ -282,12 +347,28 @@ func (b *Broker) Start() error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	b.limits.restore()
+	b.loadRetained()
+	b.bounds.beat.Store(time.Now().UnixNano())
 	b.listening.Store(true)
 	return nil
 }
 
 // Listening reports whether the MQTT listeners are serving.
 func (b *Broker) Listening() bool { return b.listening.Load() }
+
+// Ready returns nil while the broker serves: its listeners are open and
+// mochi's event loop makes progress (it ticks every second; one stuck for
+// longer than loopStall means clients are stuck too, and /readyz must say
+// so, so that the watchdog restarts the process). Otherwise why not.
+func (b *Broker) Ready() error {
+	if !b.listening.Load() {
+		return errors.New("the MQTT listeners are not serving")
+	}
+	if last, stalled := b.bounds.loopStalled(time.Now()); stalled {
+		return fmt.Errorf("the MQTT broker's event loop has made no progress since %s", last.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
 
 // Addr returns the bound address of a listener ("tcp", "tls" or "ws"); useful
 // with ":0" in tests.
@@ -343,21 +424,33 @@ func (b *Broker) countStored(route string, r buffer.Result) {
 	}
 }
 
+// closeWait bounds each wait of Close for client goroutines.
+const closeWait = 10 * time.Second
+
 // Close stops the listeners, disconnects clients and waits for the ackers to
 // finish. The buffer is closed by its owner afterwards. Safe to call twice.
 func (b *Broker) Close() error {
 	var err error
 	b.closeOnce.Do(func() {
 		b.listening.Store(false)
-		err = b.server.Close()
+		// mochi's Close waits for every client goroutine; one that never
+		// returns (a client wedged in mochi) must not hold shutdown, and
+		// with it the buffer's last commit, forever.
+		closed := make(chan struct{})
+		go func() { b.server.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(closeWait):
+			b.log.Error("broker: some MQTT clients did not end within the shutdown bound; going on without them", "waited", closeWait)
+		}
 		// mochi ends every client (and so every acker) on Close; the bound
 		// only guards against a client goroutine that never returns.
 		waited := make(chan struct{})
 		go func() { b.ackers.Wait(); close(waited) }()
 		select {
 		case <-waited:
-		case <-time.After(10 * time.Second):
-			b.log.Warn("broker: some client ackers did not finish within 10s")
+		case <-time.After(closeWait):
+			b.log.Warn("broker: some client ackers did not finish within the shutdown bound", "waited", closeWait)
 		}
 		err = errors.Join(err, b.limits.close())
 		if b.store != nil {
@@ -365,6 +458,12 @@ func (b *Broker) Close() error {
 		}
 	})
 	return err
+}
+
+func (b *Broker) countMalformed(packet, why string) {
+	b.malformed.Inc()
+	b.logEvery.Log(b.log, slog.LevelWarn, "malformed/"+packet, "malformed packet: the client was disconnected (see gateway_mqtt_malformed_packets_total)",
+		"packet", packet, "problem", why)
 }
 
 func (b *Broker) countLoginRefused(reason string) {

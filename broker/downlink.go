@@ -361,7 +361,9 @@ func (b *Broker) SendDownlink(clientID string, token uint64, m DownlinkMessage) 
 		h.mu.Unlock()
 		return false, ErrDownlinkBusy
 	}
-	if cl.State.Inflight.Len() >= int(b.server.Options.Capabilities.MaximumInflight) {
+	if !b.bounds.roomFor(cl) {
+		// The client's window is full of local deliveries: the receipt
+		// waits in its outbox (the sweeper offers it again).
 		h.mu.Unlock()
 		return false, ErrDownlinkBusy
 	}

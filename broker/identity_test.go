@@ -347,20 +347,29 @@ func TestClientIDAndUsernameLengthLimits(t *testing.T) {
 	}
 }
 
-// Repeated wrong passwords from one address end in refusals that cost no
-// bcrypt work (MQTT 5 0x9F connection rate exceeded).
+// Repeated wrong passwords for one user from one address end in refusals
+// that cost no bcrypt work (MQTT 5 0x9F connection rate exceeded), for that
+// user from that address only: another terminal behind the same address
+// (a carrier-grade NAT) logs in as before, and a wrong password for it is
+// answered as a wrong password.
 func TestFailedLoginBackoff(t *testing.T) {
-	e := start(t, "", "", buffer.Options{}, authEnv(t, "alice")...)
-	for i := 0; i < loginBurstPerIP; i++ {
+	e := start(t, "", "", buffer.Options{}, authEnv(t, "alice", "bob")...)
+	for i := 0; i < loginBurst; i++ {
 		if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "alice", user: "alice", pass: "wrong"}); code != 0x86 {
 			t.Fatalf("attempt %d: %#x, want 0x86", i, code)
 		}
 	}
 	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "alice", user: "alice", pass: "wrong"}); code != 0x9F {
-		t.Fatalf("after %d failures: %#x, want 0x9F", loginBurstPerIP, code)
+		t.Fatalf("after %d failures: %#x, want 0x9F", loginBurst, code)
 	}
-	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "mallory", user: "mallory", pass: "x"}); code != 0x9F {
-		t.Fatalf("unknown user after the failures: %#x, want 0x9F", code)
+	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "alice", user: "alice", pass: "alice-secret"}); code != 0x9F {
+		t.Fatalf("alice backing off, right password: %#x, want 0x9F", code)
+	}
+	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "bob", user: "bob", pass: "bob-secret"}); code != 0 {
+		t.Fatalf("bob behind the same address: %#x, want 0", code)
+	}
+	if _, code := rawConnect(t, e.addr, connectOpts{version: 5, id: "mallory", user: "mallory", pass: "x"}); code != 0x86 {
+		t.Fatalf("unknown user after alice's failures: %#x, want 0x86", code)
 	}
 }
 

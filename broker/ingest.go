@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,6 +55,8 @@ type inflight struct {
 	qos    byte
 	pk     *packets.Packet // only for a publish mochi must see again (see needsMochi)
 	route  string
+	topic  string // for a retained publish refused late (see resyncRetained)
+	retain bool
 	result chan buffer.Result  // filled once by the buffer (or at once for local/refused)
 	code   packets.Code        // set: refuse with this code, nothing was stored
 	app    buffer.Append       // what was handed to the buffer (one allocation with the rest)
@@ -94,12 +98,21 @@ func (h *ingestHook) Provides(b byte) bool {
 // OnPacketRead refuses a PUBLISH whose topic name is not valid (wildcards, or
 // empty without an alias). mochi would drop it silently, leaving a QoS 1
 // client waiting for a PUBACK that never comes.
+//
+// A publish by topic alias alone gets its topic here: mochi v2.7.9 checks
+// the ACL against the publish's topic name before it resolves the alias, so
+// every publish by alias was refused 0x87 (TestTopicAliasPublish). An alias
+// the client never set is a protocol error (0x82).
 func (h *ingestHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
 	if pk.TopicName == "" && pk.Properties.TopicAlias > 0 {
-		return pk, nil
+		if pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, ""); pk.TopicName == "" {
+			h.b.countRefused("", "topic_alias_unknown")
+			_ = h.b.server.DisconnectClient(cl, packets.ErrProtocolViolation)
+			return pk, packets.ErrProtocolViolation
+		}
 	}
 	if pk.TopicName == "" || !mqtt.IsValidFilter(pk.TopicName, true) {
 		h.b.countRefused("", "topic_invalid")
@@ -121,9 +134,48 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 
 	b := h.b
+	// Before anything walks the topic (mochi's tree costs the square of its
+	// depth): a topic beyond mqtt.max_topic_length or max_topic_levels is
+	// refused, 0x90 for MQTT 5 (3.1.1: disconnected).
+	var bound string
+	switch {
+	case topicTooLong(pk.TopicName, b.bounds.bounds):
+		bound = "topic_too_long"
+	case topicTooDeep(pk.TopicName, b.bounds.bounds):
+		bound = "topic_too_deep"
+	}
+	if bound != "" {
+		b.countRefused("", bound)
+		if pk.FixedHeader.Qos == 0 {
+			return pk, packets.ErrRejectPacket
+		}
+	}
 	route := b.rules().Match(pk.TopicName)
+	if bound != "" {
+		route = nil
+	}
 	unrouted := route == nil
-	local := unrouted && b.rules().Unrouted == "local"
+	local := unrouted && b.rules().Unrouted == "local" && bound == ""
+	// A retained publish that will be taken: the retained bounds, counted
+	// now (see retainedBook); a receipts topic is the gateway's alone.
+	var retainRefused packets.Code
+	if pk.FixedHeader.Retain && bound == "" && (local || !unrouted) {
+		switch {
+		case b.isReceiptsTopic(pk.TopicName):
+			b.countRefused(routeName(route), "receipts_topic")
+			retainRefused = packets.ErrNotAuthorized
+		default:
+			if why := b.retained.take(pk.TopicName, cl.ID, retainedSize(&pk), len(pk.Payload) == 0); why != "" {
+				b.countRefused(routeName(route), why)
+				b.logEvery.Log(b.log, slog.LevelWarn, "retained/"+cl.ID, "a retained publish beyond the retained bounds was refused (see gateway_ingest_refused_total)",
+					"client", cl.ID, "bound", why)
+				retainRefused = packets.ErrQuotaExceeded
+			}
+		}
+		if retainRefused.Code != 0 && pk.FixedHeader.Qos == 0 {
+			return pk, packets.ErrRejectPacket
+		}
+	}
 
 	if pk.FixedHeader.Qos == 0 {
 		switch {
@@ -147,15 +199,21 @@ func (h *ingestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	st := h.state(cl)
 	st.slots <- struct{}{} // waits while this client has max_inflight unacknowledged
 	f := newInflight(pk.PacketID, pk.FixedHeader.Qos)
-	if b.needsMochi(pk) {
+	if bound == "" && retainRefused.Code == 0 && b.needsMochi(pk) {
 		keep := pk
 		f.pk = &keep
 	}
+	f.topic, f.retain = pk.TopicName, pk.FixedHeader.Retain
 	switch {
+	case retainRefused.Code != 0:
+		f.code = retainRefused
+		f.result <- buffer.Result{}
 	case local:
 		f.result <- buffer.Result{}
 	case unrouted:
-		b.countRefused("", "unrouted")
+		if bound == "" {
+			b.countRefused("", "unrouted")
+		}
 		f.code = packets.ErrTopicNameInvalid
 		f.result <- buffer.Result{}
 	default:
@@ -282,6 +340,9 @@ func (h *ingestHook) acker(cl *mqtt.Client, st *clientState) {
 			flush()
 			r = <-f.result
 		}
+		if f.retain && (f.code.Code != 0 || r.Err != nil) {
+			b.resyncRetained(f.topic) // counted in OnPublish, never retained
+		}
 		switch {
 		case f.code.Code != 0:
 			flush()
@@ -399,6 +460,13 @@ func (b *Broker) record(cl *mqtt.Client, pk packets.Packet, route *rules.Route) 
 	if n := len(p.User); n > 0 || p.ResponseTopic != "" || len(p.CorrelationData) > 0 {
 		rec.Headers = make([]buffer.Header, 0, n+2)
 		for _, u := range p.User {
+			if ReservedHeader(u.Key) {
+				// The gateway's own names: a client must never add, repeat
+				// or override them (another terminal's mqtt.client_id, a
+				// forged gw.seq breaking the idempotency key).
+				b.countReservedProperty(cl, u.Key)
+				continue
+			}
 			rec.Headers = append(rec.Headers, buffer.Header{Key: u.Key, Value: []byte(u.Val)})
 		}
 		if p.ResponseTopic != "" {
@@ -409,4 +477,28 @@ func (b *Broker) record(cl *mqtt.Client, pk packets.Packet, route *rules.Route) 
 		}
 	}
 	return rec
+}
+
+// ReservedHeader reports whether a Kafka header name belongs to the
+// gateway: every name starting with "gw." or "mqtt." (CONTRACT §4; see
+// docs/kafka-records.md). An MQTT 5 user property with such a name is not
+// copied into the record, so a record carries exactly one of each header
+// the gateway sets, and none it did not.
+func ReservedHeader(name string) bool {
+	return strings.HasPrefix(name, "gw.") || strings.HasPrefix(name, "mqtt.")
+}
+
+// countReservedProperty counts (and logs, at most once a minute per client)
+// a user property dropped for its reserved name.
+func (b *Broker) countReservedProperty(cl *mqtt.Client, name string) {
+	b.reservedDropped.Inc()
+	b.logEvery.Log(b.log, slog.LevelWarn, "reserved/"+cl.ID, "an MQTT 5 user property with a name reserved for the gateway's own headers was not copied to Kafka (see gateway_ingest_user_properties_dropped_total)",
+		"client", cl.ID, "property", name)
+}
+
+func routeName(r *rules.Route) string {
+	if r == nil {
+		return ""
+	}
+	return r.Name
 }

@@ -11,17 +11,14 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // tcpListener is a mochi listener (plain TCP or TLS) whose connections are
-// wrapped in a frameGuard, so that an oversized packet from an MQTT 5 client
-// is answered with DISCONNECT 0x95 before the connection closes (mochi v2.7.9
-// closes it without a reason code).
+// served by serveConn: behind a frameGuard, with a panic in mochi's reading
+// of one connection contained to it.
 type tcpListener struct {
 	id, address string
 	tlsConfig   *tls.Config
-	maxPacket   uint32
 	log         *slog.Logger
 	limits      connLimits
 
@@ -33,8 +30,8 @@ type tcpListener struct {
 	conns map[net.Conn]struct{} // accepted and not yet ended, for Close
 }
 
-func newTCPListener(id, address string, tlsConfig *tls.Config, maxPacket uint32, limits connLimits) *tcpListener {
-	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, maxPacket: maxPacket, limits: limits}
+func newTCPListener(id, address string, tlsConfig *tls.Config, limits connLimits) *tcpListener {
+	return &tcpListener{id: id, address: address, tlsConfig: tlsConfig, limits: limits}
 }
 
 // connLimits bound what a connection may hold before its CONNECT is
@@ -49,6 +46,14 @@ type connLimits struct {
 	// maxConnect is the largest CONNECT taken; a larger one is refused from
 	// its fixed header, before mochi allocates its body.
 	maxConnect uint32
+	// maxPacket is mqtt.max_packet_size (see frameGuard).
+	maxPacket uint32
+	// events receive what the connections' guards refuse; nil: nobody.
+	events *connEvents
+	// panicked ends a client whose packet made mochi panic (see serveConn).
+	panicked func(g *frameGuard, v any, stack []byte)
+	// pending bounds the connections not logged in yet; nil: no bound.
+	pending *pendingConns
 }
 
 func (l *tcpListener) ID() string { return l.id }
@@ -94,12 +99,18 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: don't spin
 			continue
 		}
+		slot := l.limits.pending.acquire(conn.RemoteAddr())
+		if slot == nil && l.limits.pending != nil {
+			_ = conn.Close() // too many not logged in yet: nothing read, nothing held
+			continue
+		}
 		if tc, ok := conn.(*net.TCPConn); ok {
 			_ = tc.SetKeepAlivePeriod(30 * time.Second)
 		}
 		l.mu.Lock()
 		if l.end.Load() { // Close already ran its sweep
 			l.mu.Unlock()
+			slot.release()
 			_ = conn.Close()
 			return
 		}
@@ -125,6 +136,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 				err := tc.HandshakeContext(ctx)
 				cancel()
 				if err != nil {
+					slot.release()
 					_ = conn.Close()
 					if l.log != nil {
 						l.log.Debug("mqtt tls handshake failed", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
@@ -132,10 +144,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 					return
 				}
 			}
-			err := establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket, maxConnect: l.limits.maxConnect})
-			if err != nil && l.log != nil {
-				l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
-			}
+			serveConn(l.id, conn, slot, l.limits, establish, l.log)
 		}()
 	}
 }
@@ -174,153 +183,4 @@ func closeAll(mu *sync.Mutex, conns *map[net.Conn]struct{}) {
 	for c := range *conns {
 		_ = c.Close()
 	}
-}
-
-// frameGuard follows the MQTT framing of the bytes read from a connection:
-// packet type, remaining length, body. It learns the protocol version from
-// CONNECT, and when a packet announces more than max bytes it sends an MQTT 5
-// client DISCONNECT with reason 0x95 (packet too large). mochi sees the same
-// header right after and closes the connection.
-type frameGuard struct {
-	net.Conn
-	max        uint32
-	maxConnect uint32 // 0: no limit beyond max
-
-	mu        sync.Mutex
-	state     int // 0 type byte, 1 remaining length, 2 body
-	first     bool
-	typ       byte
-	remaining uint32
-	mult      uint32
-	lenBytes  int
-	body      []byte // the first bytes of CONNECT, to find the protocol level
-	version   byte
-	tooLarge  bool
-	// connectTooLarge: the first packet announced more than maxConnect
-	// bytes; reads fail from then on.
-	connectTooLarge bool
-}
-
-// errConnectTooLarge ends a connection whose CONNECT announces more than
-// mqtt.max_connect_size.
-var errConnectTooLarge = errors.New("CONNECT larger than mqtt.max_connect_size")
-
-const (
-	guardType = iota
-	guardLength
-	guardBody
-)
-
-// writeDeadline bounds a write to a client that stopped reading, so a stuck
-// terminal cannot hold a broker goroutine forever.
-const writeDeadline = 30 * time.Second
-
-func (g *frameGuard) Write(p []byte) (int, error) {
-	if len(p) > 0 && p[0] == packets.Disconnect<<4 {
-		g.mu.Lock()
-		v := g.version
-		g.mu.Unlock()
-		if v == 3 || v == 4 {
-			// MQTT 3.1.1 has no server DISCONNECT (mochi v2.7.9 sends one,
-			// e.g. to a client whose session is taken over): the connection
-			// is just closed.
-			return len(p), nil
-		}
-	}
-	_ = g.Conn.SetWriteDeadline(time.Now().Add(writeDeadline))
-	return g.Conn.Write(p)
-}
-
-func (g *frameGuard) Read(p []byte) (int, error) {
-	g.mu.Lock()
-	refused := g.connectTooLarge
-	g.mu.Unlock()
-	if refused {
-		return 0, errConnectTooLarge
-	}
-	n, err := g.Conn.Read(p)
-	if n > 0 && (g.max > 0 || g.maxConnect > 0) {
-		g.mu.Lock()
-		tooLarge := g.scan(p[:n])
-		version, refused := g.version, g.connectTooLarge
-		g.mu.Unlock()
-		if refused {
-			// Nothing of it reaches mochi, which would allocate the whole
-			// announced body and wait for it.
-			_ = g.Conn.Close()
-			return 0, errConnectTooLarge
-		}
-		if tooLarge && version == 5 {
-			// DISCONNECT, remaining length 1, reason code 0x95.
-			_, _ = g.Write([]byte{0xE0, 0x01, 0x95})
-		}
-	}
-	return n, err
-}
-
-// scan advances the framing state over b; it reports true once, when a
-// too-large packet header is seen.
-func (g *frameGuard) scan(b []byte) bool {
-	if g.tooLarge {
-		return false
-	}
-	for len(b) > 0 {
-		switch g.state {
-		case guardType:
-			g.typ = b[0] >> 4
-			g.state, g.remaining, g.mult, g.lenBytes = guardLength, 0, 1, 0
-			b = b[1:]
-		case guardLength:
-			c := b[0]
-			b = b[1:]
-			g.remaining += uint32(c&127) * g.mult
-			g.mult *= 128
-			g.lenBytes++
-			if c&128 != 0 && g.lenBytes < 4 {
-				continue
-			}
-			// fixed header complete
-			if !g.first && g.maxConnect > 0 && g.remaining+1 > g.maxConnect {
-				g.connectTooLarge = true
-				return false
-			}
-			if g.max > 0 && g.remaining+1 > g.max {
-				g.tooLarge = true
-				return true
-			}
-			g.state = guardBody
-			if g.remaining == 0 {
-				g.state = guardType
-			}
-		case guardBody:
-			take := min(uint32(len(b)), g.remaining)
-			if !g.first && g.typ == 1 && len(g.body) < 16 {
-				g.body = append(g.body, b[:min(int(take), 16-len(g.body))]...)
-			}
-			b = b[take:]
-			g.remaining -= take
-			if g.remaining == 0 {
-				if !g.first && g.typ == 1 {
-					g.version = connectVersion(g.body)
-				}
-				g.first = g.first || g.typ == 1
-				g.body = nil
-				g.state = guardType
-			}
-		}
-	}
-	return false
-}
-
-// connectVersion reads the protocol level from the start of a CONNECT body:
-// a 2-byte length, the protocol name, then the level.
-func connectVersion(body []byte) byte {
-	if len(body) < 2 {
-		return 0
-	}
-	n := int(body[0])<<8 | int(body[1])
-	if len(body) < 2+n+1 {
-		return 0
-	}
-	return body[2+n]
 }

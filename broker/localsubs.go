@@ -17,9 +17,10 @@ import (
 // other way (a subscriber gone, mochi removing it without a hook on a clean
 // disconnect) costs only a trip through mochi that delivers to no one.
 type localSubs struct {
-	gen atomic.Uint64
-	mu  sync.RWMutex
-	m   map[string]localSubsEntry
+	gen   atomic.Uint64
+	mu    sync.RWMutex
+	m     map[string]localSubsEntry
+	bytes int // of the topics in m
 }
 
 type localSubsEntry struct {
@@ -27,8 +28,12 @@ type localSubsEntry struct {
 	has bool
 }
 
-// localSubsMax bounds the cache; topics are the clients' to choose.
-const localSubsMax = 1 << 16
+// localSubsMax and localSubsMaxBytes bound the cache; topics are the
+// clients' to choose (each at most mqtt.max_topic_length).
+const (
+	localSubsMax      = 1 << 16
+	localSubsMaxBytes = 4 << 20
+)
 
 func (c *localSubs) changed() { c.gen.Add(1) }
 
@@ -42,8 +47,12 @@ func (c *localSubs) has(topic string, ask func(string) bool) bool {
 	}
 	has := ask(topic)
 	c.mu.Lock()
-	if c.m == nil || len(c.m) >= localSubsMax {
+	if c.m == nil || len(c.m) >= localSubsMax || c.bytes+len(topic) > localSubsMaxBytes {
 		c.m = make(map[string]localSubsEntry)
+		c.bytes = 0
+	}
+	if _, ok := c.m[topic]; !ok {
+		c.bytes += len(topic)
 	}
 	c.m[topic] = localSubsEntry{gen: gen, has: has}
 	c.mu.Unlock()

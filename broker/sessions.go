@@ -251,6 +251,19 @@ func (s *sessionStore) del(key string) {
 	s.pending[key] = nil
 }
 
+// put is set for a key bbolt can hold. mqtt.max_topic_length and
+// max_client_id_length keep every key under bbolt's limit (config checks
+// their sum); a longer one is left out and logged, never handed to a
+// commit, where it would fail that commit and every later one, for every
+// client's sessions.
+func (s *sessionStore) put(key string, v []byte) {
+	if len(key) > bbolt.MaxKeySize || len(v) > bbolt.MaxValueSize {
+		s.log.Error("sessions: a key or value too large for the session file was not stored", "key_bytes", len(key), "value_bytes", len(v))
+		return
+	}
+	s.set(key, v)
+}
+
 // delClient removes a client's record, subscriptions and in-flight messages.
 func (s *sessionStore) delClient(id string) {
 	s.mu.Lock()
@@ -317,7 +330,7 @@ func marshal(v storage.Serializable) []byte {
 
 func (s *sessionStore) putClient(cl *mqtt.Client) {
 	props := cl.Properties.Props.Copy(false)
-	s.set(storage.ClientKey+"_"+cl.ID, marshal(&storage.Client{
+	s.put(storage.ClientKey+"_"+cl.ID, marshal(&storage.Client{
 		ID:              cl.ID,
 		T:               storage.ClientKey,
 		Listener:        cl.Net.Listener,
@@ -383,7 +396,7 @@ func (s *sessionStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCo
 			continue // refused: nothing to restore
 		}
 		key := storage.SubscriptionKey + "_" + cl.ID + ":" + f.Filter
-		s.set(key, marshal(&storage.Subscription{
+		s.put(key, marshal(&storage.Subscription{
 			ID: key, T: storage.SubscriptionKey, Client: cl.ID, Qos: reasonCodes[i], Filter: f.Filter,
 			Identifier: f.Identifier, NoLocal: f.NoLocal, RetainHandling: f.RetainHandling, RetainAsPublished: f.RetainAsPublished,
 		}))
@@ -418,7 +431,7 @@ func (s *sessionStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int
 		s.del(key)
 		return
 	}
-	s.set(key, marshal(&storage.Message{
+	s.put(key, marshal(&storage.Message{
 		ID: key, T: storage.RetainedKey, FixedHeader: pk.FixedHeader, TopicName: pk.TopicName,
 		Payload: pk.Payload, Created: pk.Created, Client: cl.ID, Origin: pk.Origin, Properties: messageProps(pk),
 	}))
@@ -441,7 +454,7 @@ func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int
 		return
 	}
 	key := inflightKey(cl, pk)
-	s.set(key, marshal(&storage.Message{
+	s.put(key, marshal(&storage.Message{
 		ID: key, T: storage.InflightKey, Client: cl.ID, Origin: pk.Origin, FixedHeader: pk.FixedHeader,
 		TopicName: pk.TopicName, Payload: pk.Payload, Sent: sent, Created: pk.Created,
 		PacketID: pk.PacketID, Properties: messageProps(pk),

@@ -22,13 +22,13 @@ import (
 // and size limit as on TCP.
 type wsListener struct {
 	id, address string
-	maxPacket   uint32
 	limits      connLimits
 	log         *slog.Logger
 
 	upgrader  websocket.Upgrader
 	srv       *http.Server
 	ln        net.Listener
+	served    net.Listener // ln within the pending bounds
 	establish listeners.EstablishFn
 	end       atomic.Bool
 	closeOnce sync.Once
@@ -37,9 +37,9 @@ type wsListener struct {
 	conns map[net.Conn]struct{} // upgraded and not yet ended, for Close
 }
 
-func newWSListener(id, address string, maxPacket uint32, limits connLimits) *wsListener {
+func newWSListener(id, address string, limits connLimits) *wsListener {
 	return &wsListener{
-		id: id, address: address, maxPacket: maxPacket, limits: limits,
+		id: id, address: address, limits: limits,
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// MQTT clients are not browsers sending cookies: any origin, as mochi.
@@ -65,6 +65,10 @@ func (l *wsListener) Init(log *slog.Logger) error {
 		return err
 	}
 	l.ln = ln
+	if l.limits.pending != nil {
+		ln = &pendingListener{Listener: ln, p: l.limits.pending}
+	}
+	l.served = ln
 	l.srv = &http.Server{
 		Handler:           http.HandlerFunc(l.handle),
 		ReadHeaderTimeout: l.limits.connectTimeout,
@@ -81,6 +85,10 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered with the HTTP error
 	}
 	defer c.Close()
+	var slot *pendingSlot
+	if sc, ok := c.UnderlyingConn().(*slotConn); ok {
+		slot = sc.slot // released at login or when the connection ends
+	}
 	conn := &wsConn{Conn: c.UnderlyingConn(), c: c}
 	l.mu.Lock()
 	if l.end.Load() {
@@ -98,15 +106,12 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		l.mu.Unlock()
 	}()
 	_ = conn.SetDeadline(time.Now().Add(l.limits.connectTimeout))
-	err = l.establish(l.id, &frameGuard{Conn: conn, max: l.maxPacket, maxConnect: l.limits.maxConnect})
-	if err != nil && l.log != nil {
-		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr(), "error", err)
-	}
+	serveConn(l.id, conn, slot, l.limits, l.establish, l.log)
 }
 
 func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	l.establish = establish
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.end.Load() {
+	if err := l.srv.Serve(l.served); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.end.Load() {
 		l.log.Error("websocket listener stopped", "listener", l.id, "error", err)
 	}
 }

@@ -50,6 +50,25 @@ type MQTT struct {
 	TopicAliasMax     int           // announced in CONNACK and enforced; 0 = no aliases
 	MaxClientIDLength int           // bytes
 	MaxUsernameLength int           // bytes
+
+	// What one client (and all of them) may make the broker hold (see
+	// Bounds).
+	Bounds Bounds
+}
+
+// Bounds are the limits of what a client may make the broker hold or
+// compute, each refused or dropped and counted when reached (a hostile or
+// broken terminal affects itself only).
+type Bounds struct {
+	MaxTopicLength            int   // bytes of a topic name or filter
+	MaxTopicLevels            int   // levels ("/"-separated parts) of a topic name or filter
+	MaxSubscriptions          int   // per client
+	MaxRetained               int   // retained messages held, all clients together
+	MaxRetainedBytes          int64 // their bytes (topic, payload, properties)
+	MaxRetainedPerClient      int   // retained messages one client set and still holds
+	MaxRetainedBytesPerClient int64 // their bytes
+	MaxPending                int   // connections not logged in yet, all addresses
+	MaxPendingPerAddress      int   // of one remote address
 }
 
 // BindsClientID reports whether an authenticated client's id must be its
@@ -62,6 +81,7 @@ type ListenerTLS struct {
 	CertFile     string
 	KeyFile      string
 	ClientCAFile string // set: client certificates are required and verified
+	CRLFile      string // set: client certificates revoked by these CRLs are refused
 }
 
 // Kafka configures the uplink producer and the receipts consumer.
@@ -143,6 +163,12 @@ type Receipts struct {
 	QoS          byte
 	MaxAge       time.Duration
 	ConfirmTopic string // "" disables confirmations
+
+	// MaxDevices bounds the devices with receipts waiting in the outbox;
+	// MaxPendingPerDevice the receipts one device has waiting. A receipt
+	// beyond either is dropped and counted.
+	MaxDevices          int
+	MaxPendingPerDevice int
 }
 
 // ACL lists topic filters a client may publish and subscribe to; {client_id},

@@ -59,6 +59,17 @@ func Flatten(c *Config) map[string]string {
 	num("mqtt.topic_alias_max", int64(c.MQTT.TopicAliasMax))
 	num("mqtt.max_client_id_length", int64(c.MQTT.MaxClientIDLength))
 	num("mqtt.max_username_length", int64(c.MQTT.MaxUsernameLength))
+	str("mqtt.tls.crl_file", c.MQTT.TLS.CRLFile)
+	bo := c.MQTT.Bounds
+	num("mqtt.max_topic_length", int64(bo.MaxTopicLength))
+	num("mqtt.max_topic_levels", int64(bo.MaxTopicLevels))
+	num("mqtt.max_subscriptions_per_client", int64(bo.MaxSubscriptions))
+	num("mqtt.max_retained_messages", int64(bo.MaxRetained))
+	num("mqtt.max_retained_bytes", bo.MaxRetainedBytes)
+	num("mqtt.max_retained_messages_per_client", int64(bo.MaxRetainedPerClient))
+	num("mqtt.max_retained_bytes_per_client", bo.MaxRetainedBytesPerClient)
+	num("mqtt.max_pending_connections", int64(bo.MaxPending))
+	num("mqtt.max_pending_connections_per_address", int64(bo.MaxPendingPerAddress))
 
 	list("kafka.brokers", c.Kafka.Brokers)
 	str("kafka.client_id", c.Kafka.ClientID)
@@ -111,6 +122,8 @@ func Flatten(c *Config) map[string]string {
 	num("receipts.qos", int64(c.Receipts.QoS))
 	str("receipts.max_age", c.Receipts.MaxAge.String())
 	str("receipts.confirm_topic", c.Receipts.ConfirmTopic)
+	num("receipts.max_devices", int64(c.Receipts.MaxDevices))
+	num("receipts.max_pending_per_device", int64(c.Receipts.MaxPendingPerDevice))
 
 	list("acl.publish", c.ACL.Publish)
 	list("acl.subscribe", c.ACL.Subscribe)

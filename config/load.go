@@ -86,6 +86,20 @@ var defaults = map[string]any{
 	"admin.token_file":               "",
 	"admin.pprof":                    "false",
 
+	// What a hostile terminal may make the box hold (issue 23).
+	"mqtt.max_topic_length":                    "512",
+	"mqtt.max_topic_levels":                    "32",
+	"mqtt.max_subscriptions_per_client":        "100",
+	"mqtt.max_retained_messages":               "10000",
+	"mqtt.max_retained_bytes":                  "16MiB",
+	"mqtt.max_retained_messages_per_client":    "100",
+	"mqtt.max_retained_bytes_per_client":       "1MiB",
+	"mqtt.max_pending_connections":             "1024",
+	"mqtt.max_pending_connections_per_address": "256",
+	"mqtt.tls.crl_file":                        "",
+	"receipts.max_devices":                     "10000",
+	"receipts.max_pending_per_device":          "10000",
+
 	// Fleet (status records up, signed config overlays down).
 	"fleet.status_topic":    "",
 	"fleet.status_interval": "60s",
@@ -105,6 +119,7 @@ type raw struct {
 			CertFile     string `mapstructure:"cert_file"`
 			KeyFile      string `mapstructure:"key_file"`
 			ClientCAFile string `mapstructure:"client_ca_file"`
+			CRLFile      string `mapstructure:"crl_file"`
 
 			AllowAnonymous string `mapstructure:"allow_anonymous"`
 		} `mapstructure:"tls"`
@@ -124,6 +139,16 @@ type raw struct {
 		TopicAliasMax           string `mapstructure:"topic_alias_max"`
 		MaxClientIDLength       string `mapstructure:"max_client_id_length"`
 		MaxUsernameLength       string `mapstructure:"max_username_length"`
+
+		MaxTopicLength                  string `mapstructure:"max_topic_length"`
+		MaxTopicLevels                  string `mapstructure:"max_topic_levels"`
+		MaxSubscriptionsPerClient       string `mapstructure:"max_subscriptions_per_client"`
+		MaxRetainedMessages             string `mapstructure:"max_retained_messages"`
+		MaxRetainedBytes                string `mapstructure:"max_retained_bytes"`
+		MaxRetainedMessagesPerClient    string `mapstructure:"max_retained_messages_per_client"`
+		MaxRetainedBytesPerClient       string `mapstructure:"max_retained_bytes_per_client"`
+		MaxPendingConnections           string `mapstructure:"max_pending_connections"`
+		MaxPendingConnectionsPerAddress string `mapstructure:"max_pending_connections_per_address"`
 	} `mapstructure:"mqtt"`
 	Kafka struct {
 		Brokers     []string `mapstructure:"brokers"`
@@ -165,6 +190,9 @@ type raw struct {
 		QoS          string `mapstructure:"qos"`
 		MaxAge       string `mapstructure:"max_age"`
 		ConfirmTopic string `mapstructure:"confirm_topic"`
+
+		MaxDevices          string `mapstructure:"max_devices"`
+		MaxPendingPerDevice string `mapstructure:"max_pending_per_device"`
 	} `mapstructure:"receipts"`
 	ACL struct {
 		Publish   []string `mapstructure:"publish"`

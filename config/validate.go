@@ -118,7 +118,7 @@ func (r *raw) validate(opts parseOptions) (*Config, error) {
 	// mqtt
 	m := &cfg.MQTT
 	m.Address = r.MQTT.Address
-	m.TLS = ListenerTLS{r.MQTT.TLS.Address, r.MQTT.TLS.CertFile, r.MQTT.TLS.KeyFile, r.MQTT.TLS.ClientCAFile}
+	m.TLS = ListenerTLS{r.MQTT.TLS.Address, r.MQTT.TLS.CertFile, r.MQTT.TLS.KeyFile, r.MQTT.TLS.ClientCAFile, r.MQTT.TLS.CRLFile}
 	if m.TLS.Address != "" {
 		if m.TLS.CertFile == "" {
 			c.addf("mqtt.tls.cert_file", "must be set when mqtt.tls.address is set")
@@ -143,6 +143,7 @@ func (r *raw) validate(opts parseOptions) (*Config, error) {
 	m.MaxPacketSize = c.integer("mqtt.max_packet_size", r.MQTT.MaxPacketSize, 64, 268435455)
 	m.MaxInflight = int(c.integer("mqtt.max_inflight", r.MQTT.MaxInflight, 1, 65535))
 	c.mqttIdentity(r, m)
+	c.mqttBounds(r, m)
 
 	// kafka
 	k := &cfg.Kafka
@@ -289,6 +290,8 @@ func (r *raw) validate(opts parseOptions) (*Config, error) {
 	}
 	rc.QoS = byte(c.integer("receipts.qos", r.Receipts.QoS, 0, 2))
 	rc.MaxAge = c.duration("receipts.max_age", r.Receipts.MaxAge)
+	rc.MaxDevices = int(c.integer("receipts.max_devices", r.Receipts.MaxDevices, 1, 100_000_000))
+	rc.MaxPendingPerDevice = int(c.integer("receipts.max_pending_per_device", r.Receipts.MaxPendingPerDevice, 1, 100_000_000))
 	rc.ConfirmTopic = r.Receipts.ConfirmTopic
 	if rc.ConfirmTopic != "" {
 		if err := CheckKafkaTopic(expandGatewayID(rc.ConfirmTopic, cfg.ID)); err != nil {

@@ -123,6 +123,7 @@ type Receipts struct {
 	dropped   atomic.Uint64 // all reasons
 	dropAge   atomic.Uint64 // reason max_age
 	dropDev   atomic.Uint64 // reason invalid_device
+	bounded   boundCounts   // reasons too_many_devices and device_full
 	logs      logonce.Set
 
 	quarantined string // where a corrupt receipts.db was moved at start, or ""
@@ -212,7 +213,7 @@ func New(opts Options) (*Receipts, error) {
 	})
 	r.mDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_receipts_dropped_total",
-		Help: "Receipts dropped undelivered, by reason (max_age, invalid_device).",
+		Help: "Receipts dropped undelivered, by reason (max_age, invalid_device, too_many_devices, device_full).",
 	}, []string{"reason"})
 	r.mConfirm = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_receipts_confirmations_total",
@@ -298,10 +299,36 @@ func (r *Receipts) Pending() map[string]int { return r.box.pendingAll() }
 // (max_age or no valid device).
 func (r *Receipts) Dropped() uint64 { return r.dropped.Load() }
 
-// DroppedByReason is Dropped split by reason ("max_age", "invalid_device"),
-// for /status; both keys are always present.
+// DroppedByReason is Dropped split by reason ("max_age", "invalid_device",
+// and once one happened "too_many_devices", "device_full"), for /status;
+// the first two keys are always present.
 func (r *Receipts) DroppedByReason() map[string]uint64 {
-	return map[string]uint64{"max_age": r.dropAge.Load(), "invalid_device": r.dropDev.Load()}
+	out := map[string]uint64{"max_age": r.dropAge.Load(), "invalid_device": r.dropDev.Load()}
+	r.bounded.each(func(reason string, n uint64) { out[reason] = n })
+	return out
+}
+
+// boundCounts counts receipts dropped by the outbox bounds, per reason.
+type boundCounts struct {
+	mu sync.Mutex
+	n  map[string]uint64
+}
+
+func (b *boundCounts) Add(reason string, n uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == nil {
+		b.n = map[string]uint64{}
+	}
+	b.n[reason] += n
+}
+
+func (b *boundCounts) each(f func(string, uint64)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, v := range b.n {
+		f(k, v)
+	}
 }
 
 // events adapts Receipts to broker.DownlinkEvents without exporting the
@@ -770,16 +797,19 @@ func (r *Receipts) storeBatch(ctx context.Context, batch []*sarama.ConsumerMessa
 		x.Device = r.device(m)
 		in = append(in, x)
 	}
+	invalid := 0
+	for _, x := range in {
+		if x.Device == "" {
+			invalid++
+		}
+	}
+	tooMany, full := r.bound(in)
 	for {
 		stored, err := r.box.store(in, time.Now())
 		if err == nil {
 			r.mConsumed.Add(float64(len(stored)))
-			invalid := 0
-			for _, x := range in {
-				if x.Device == "" {
-					invalid++
-				}
-			}
+			r.countBounded("too_many_devices", tooMany, "receipts for a device with none waiting were dropped: receipts.max_devices devices have receipts waiting (see gateway_receipts_dropped_total)")
+			r.countBounded("device_full", full, "receipts were dropped: their device has receipts.max_pending_per_device waiting (see gateway_receipts_dropped_total)")
 			if invalid > 0 {
 				r.dropped.Add(uint64(invalid))
 				r.dropDev.Add(uint64(invalid))
@@ -805,8 +835,67 @@ func (r *Receipts) storeBatch(ctx context.Context, batch []*sarama.ConsumerMessa
 	}
 }
 
+// bound applies receipts.max_devices and receipts.max_pending_per_device to
+// a batch about to be stored: a receipt beyond either gets no device (it
+// only advances its partition's mark, so its offset is committed) and is
+// counted. A terminal that can make the payment processor answer many
+// made-up device ids, or never acknowledges, fills neither the disk nor the
+// outbox's memory; every device under its bounds is untouched.
+func (r *Receipts) bound(in []incoming) (tooMany, full map[string]int) {
+	maxDev, maxPer := r.cfg.MaxDevices, r.cfg.MaxPendingPerDevice
+	if maxDev <= 0 && maxPer <= 0 {
+		return nil, nil
+	}
+	pending := r.box.pendingAll()
+	devices := len(pending)
+	for i := range in {
+		dev := in[i].Device
+		if dev == "" {
+			continue
+		}
+		n, known := pending[dev]
+		switch {
+		case !known && maxDev > 0 && devices >= maxDev:
+			if tooMany == nil {
+				tooMany = map[string]int{}
+			}
+			tooMany[dev]++
+			in[i].Device = ""
+		case maxPer > 0 && n >= maxPer:
+			if full == nil {
+				full = map[string]int{}
+			}
+			full[dev]++
+			in[i].Device = ""
+		default:
+			if !known {
+				devices++
+			}
+			pending[dev] = n + 1
+		}
+	}
+	return tooMany, full
+}
+
+// countBounded counts receipts that bound dropped, by device.
+func (r *Receipts) countBounded(reason string, byDevice map[string]int, msg string) {
+	n, first := 0, ""
+	for dev, c := range byDevice {
+		n += c
+		first = dev
+	}
+	if n == 0 {
+		return
+	}
+	r.dropped.Add(uint64(n))
+	r.mDropped.WithLabelValues(reason).Add(float64(n))
+	r.bounded.Add(reason, uint64(n))
+	r.logs.Warn(r.log, reason, msg+" (logged once)", "reason", reason, "first_device", first)
+}
+
 // device extracts the device from the record per receipts.device_from; ""
-// when it names none a terminal could have as client id.
+// when it names none a terminal could have as client id (also one longer
+// than mqtt.max_client_id_length).
 func (r *Receipts) device(m *sarama.ConsumerMessage) string {
 	var v []byte
 	if name, ok := strings.CutPrefix(r.cfg.DeviceFrom, "header:"); ok {
@@ -820,6 +909,9 @@ func (r *Receipts) device(m *sarama.ConsumerMessage) string {
 		v = m.Key
 	}
 	d := string(v)
+	if maxID := r.opts.Config.MQTT.MaxClientIDLength; maxID > 0 && len(d) > maxID {
+		return ""
+	}
 	if d == "" || !utf8.ValidString(d) || strings.ContainsAny(d, "/+#\x00") {
 		return ""
 	}

@@ -178,7 +178,9 @@ func (g *gateway) adminSources(cfg *config.Config, reg *prometheus.Registry) adm
 		Epoch:     g.buf.Epoch,
 		// Ready only while the buffer can take writes: a buffer made
 		// unusable (a failed compaction swap) is 503 until the process exits.
-		Ready: func() bool { return g.brk != nil && g.brk.Listening() && g.buf.Err() == nil },
+		// And only while the broker serves: its event loop stuck (a client
+		// wedged inside mochi) is 503 too, so the watchdog restarts us.
+		Ready: func() bool { return g.brk != nil && g.brk.Ready() == nil && g.buf.Err() == nil },
 		Routes: func() []admin.RouteInfo {
 			var out []admin.RouteInfo
 			for _, r := range g.rules.Load().Routes() {
@@ -231,6 +233,9 @@ func (g *gateway) problems() []string {
 	var out []string
 	if err := g.buf.Err(); err != nil {
 		out = append(out, "buffer unusable (the gateway exits to be restarted): "+err.Error())
+	}
+	if err := g.brk.Ready(); err != nil && g.brk.Listening() {
+		out = append(out, "MQTT broker stuck (not ready; the watchdog restarts the gateway): "+err.Error())
 	}
 	if d := g.brg.DuplicateID(); d != "" {
 		out = append(out, fmt.Sprintf("another gateway uses the id %q: %s", g.cfg.Load().ID, d))

@@ -6,6 +6,13 @@
 //
 //	resbench [-gateway bin/gateway] [-connect-timeout 3s]
 //
+// With -floods, the floods of a logged-in hostile terminal instead (issue
+// 23), each on a fresh gateway: 10,000 silent connections, 40,000
+// subscriptions, 150 retained messages of 240 KB (and a restart), a SUBSCRIBE
+// of 4 x 65,000 levels, a login flood from 200 addresses:
+//
+//	resbench -floods all [-gateway bin/gateway]
+//
 // Kafka is left unreachable: buffering is normal work and keeps the figures
 // about the broker. Linux only (reads /proc). Run by `make bench-resources`.
 package main
@@ -37,7 +44,18 @@ func main() {
 	partial := flag.Int("partial", 200, "unfinished 256 KiB CONNECTs")
 	sessions := flag.Int("sessions", 3000, "offline persistent MQTT 5 sessions")
 	idle := flag.Int("idle", 1000, "idle connected clients")
+	flood := flag.String("floods", "", `run the floods of a hostile terminal instead: "all" or a comma list of silent, subscriptions, retained, deep, login`)
 	flag.Parse()
+	if *flood != "" {
+		if *flood == "all" {
+			*flood = ""
+		}
+		if err := floods(*bin, *flood); err != nil {
+			fmt.Fprintln(os.Stderr, "resbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*bin, *timeout, *silent, *partial, *sessions, *idle); err != nil {
 		fmt.Fprintln(os.Stderr, "resbench:", err)
 		os.Exit(1)

@@ -46,7 +46,7 @@ func NewCA(t testing.TB, name string) *CA {
 		NotAfter:              time.Now().Add(24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -73,6 +73,7 @@ type Issued struct {
 	TLS      tls.Certificate
 	CertFile string
 	KeyFile  string
+	Serial   *big.Int
 }
 
 // Server issues a server certificate for 127.0.0.1 and localhost.
@@ -90,7 +91,38 @@ func (ca *CA) ExpiredClient(cn string) Issued {
 	return ca.issue(cn, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour), false)
 }
 
+// ClientWithSubject issues a client certificate with the given subject
+// (e.g. two CNs in ExtraNames); files are named after name.
+func (ca *CA) ClientWithSubject(name string, subject pkix.Name) Issued {
+	return ca.issueSubject(name, subject, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour), false)
+}
+
+// CRL writes a PEM certificate revocation list signed by the CA that
+// revokes the given certificates, and returns its path.
+func (ca *CA) CRL(revoked ...Issued) string {
+	t := ca.t
+	t.Helper()
+	tmpl := &x509.RevocationList{Number: serialNumber(), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(24 * time.Hour)}
+	for _, r := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+			x509.RevocationListEntry{SerialNumber: r.Serial, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.cert, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "crl.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func (ca *CA) issue(cn string, from, until time.Time, server bool) Issued {
+	return ca.issueSubject(cn, pkix.Name{CommonName: cn}, from, until, server)
+}
+
+func (ca *CA) issueSubject(cn string, subject pkix.Name, from, until time.Time, server bool) Issued {
 	t := ca.t
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -99,7 +131,7 @@ func (ca *CA) issue(cn string, from, until time.Time, server bool) Issued {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serialNumber(),
-		Subject:      pkix.Name{CommonName: cn},
+		Subject:      subject,
 		NotBefore:    from,
 		NotAfter:     until,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -125,7 +157,7 @@ func (ca *CA) issue(cn string, from, until time.Time, server bool) Issued {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	is := Issued{TLS: pair, CertFile: filepath.Join(dir, cn+".pem"), KeyFile: filepath.Join(dir, cn+"-key.pem")}
+	is := Issued{TLS: pair, CertFile: filepath.Join(dir, cn+".pem"), KeyFile: filepath.Join(dir, cn+"-key.pem"), Serial: tmpl.SerialNumber}
 	if err := os.WriteFile(is.CertFile, certPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
